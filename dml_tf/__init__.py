@@ -1,0 +1,24 @@
+"""dml_tf: Deep Mutual Learning (Zhang et al., CVPR 2018) in TensorFlow/Keras.
+
+``MutualLearningModel`` wraps K Keras models into a cohort that learns together
+(Algorithm 1); ``dml_tf.nets`` builds the paper's networks, ``dml_tf.data`` its
+datasets and ``dml_tf.reid`` scores person re-identification.
+"""
+
+import importlib
+
+from dml_tf import losses
+from dml_tf.cohort import MutualLearningModel
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("data", "nets", "reid", "losses", "cohort", "errors", "io_utils")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dml_tf.{name}")
+    raise AttributeError(f"module 'dml_tf' has no attribute {name!r}")
+
+
+__all__ = ["MutualLearningModel", "losses", "__version__"]

@@ -1,0 +1,18 @@
+"""Typed exceptions raised by dml_tf.
+
+Every error a user can cause with bad input is one of these (or a plain
+``ValueError`` for bad arguments to a constructor), with a message that names the
+input and what was expected.
+"""
+
+
+class DMLError(Exception):
+    """Base class of dml_tf's own errors."""
+
+
+class DataError(DMLError, ValueError):
+    """A dataset on disk is missing, incomplete or malformed."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
+    """A dataset could not be downloaded nor found locally."""

@@ -1,0 +1,116 @@
+"""The losses of Deep Mutual Learning (Sec. 3), computed from log-probabilities.
+
+Every term works on ``log_softmax`` outputs, so it stays finite for extreme logits
+(a probability that underflows to 0 contributes ``0 * finite``). Batch reduction is
+the mean over the batch, as in the original code (the paper's Eq. 4 writes a sum
+over the N samples; the two differ by the constant N).
+"""
+
+import tensorflow as tf
+
+MIMICRY_MODES = ("kl", "js", "ensemble")
+PEER_REDUCTIONS = ("mean", "sum")
+
+
+def log_probabilities(logits):
+    """``log p`` from logits, computed in float32 (safe under mixed precision)."""
+    return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+
+
+def kl_divergence(target_log_probs, log_probs):
+    """Per-sample ``KL(p_target || p) = sum_m p_target^m (log p_target^m - log p^m)`` (Eq. 4)."""
+    target_probs = tf.exp(target_log_probs)
+    return tf.reduce_sum(target_probs * (target_log_probs - log_probs), axis=-1)
+
+
+def entropy(log_probs):
+    """Per-sample posterior entropy ``H(p) = -sum_m p^m log p^m``."""
+    return -tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1)
+
+
+def labelled_mask(labels):
+    """1.0 for labelled samples, 0.0 for unlabelled ones (label -1, Sec. 3.4)."""
+    return tf.cast(tf.greater_equal(labels, 0), tf.float32)
+
+
+def cross_entropy(labels, log_probs, label_smoothing=0.0):
+    """Mean cross-entropy over the LABELLED samples of the batch (Eq. 1).
+
+    Labels equal to -1 are unlabelled and excluded; a batch without labelled
+    samples gives 0. ``label_smoothing`` mixes the one-hot target with the
+    uniform distribution as ``(1 - s) * onehot + s / M`` (TF-slim and Keras).
+    """
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    num_classes = tf.shape(log_probs)[-1]
+    targets = tf.one_hot(tf.maximum(labels, 0), num_classes, dtype=tf.float32)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / tf.cast(
+            num_classes, tf.float32
+        )
+    per_sample = -tf.reduce_sum(targets * log_probs, axis=-1)
+    mask = labelled_mask(labels)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_sample * mask), tf.reduce_sum(mask))
+
+
+def _reduce_peers(terms, peer_reduction):
+    """Sums per-peer terms, divided by their count for ``"mean"`` (1/(K-1) of Eq. 10)."""
+    total = tf.add_n(terms)
+    return total / float(len(terms)) if peer_reduction == "mean" else total
+
+
+def mimicry_loss(log_probs, peer_log_probs, mode="kl", peer_reduction="mean"):
+    """Member k's mimicry term towards its peers, averaged over the batch.
+
+    Args:
+      log_probs: member k's log-probabilities, shape (batch, M).
+      peer_log_probs: list of the K-1 peers' log-probabilities (targets; the
+        caller stops their gradient).
+      mode: ``"kl"``: ``KL(p_l || p_k)`` per peer (Eq. 5, 6, 10);
+        ``"js"``: the symmetric ``1/2 (KL(p_l || p_k) + KL(p_k || p_l))`` per peer
+        (Eq. 7); ``"ensemble"``: DML_e, ``KL(p_avg || p_k)`` with ``p_avg`` the mean
+        of the peers' probabilities (Eq. 11; ``peer_reduction`` does not apply).
+      peer_reduction: ``"mean"`` divides the sum over peers by K-1 as in Eq. 10;
+        ``"sum"`` is the original code's plain sum.
+
+    Returns:
+      A scalar; 0 when there are no peers (K = 1).
+    """
+    if mode not in MIMICRY_MODES:
+        raise ValueError(f"Unknown mimicry mode {mode!r}; expected one of {MIMICRY_MODES}.")
+    if peer_reduction not in PEER_REDUCTIONS:
+        raise ValueError(
+            f"Unknown peer_reduction {peer_reduction!r}; expected one of {PEER_REDUCTIONS}."
+        )
+    if not peer_log_probs:
+        return tf.constant(0.0, tf.float32)
+    if mode == "ensemble":
+        stacked = tf.stack(peer_log_probs, axis=0)
+        avg_log_probs = tf.reduce_logsumexp(stacked, axis=0) - tf.math.log(
+            float(len(peer_log_probs))
+        )
+        return tf.reduce_mean(kl_divergence(avg_log_probs, log_probs))
+    terms = []
+    for peer in peer_log_probs:
+        term = kl_divergence(peer, log_probs)
+        if mode == "js":
+            term = 0.5 * (term + kl_divergence(log_probs, peer))
+        terms.append(tf.reduce_mean(term))
+    return _reduce_peers(terms, peer_reduction)
+
+
+def feature_l2_loss(features, peer_features, peer_reduction="mean"):
+    """Squared L2 distance between member k's features and its peers' (Table 5 "DML, L2").
+
+    Per peer: the batch mean of ``||f_k - f_l||^2``; reduced over peers like the
+    mimicry term. The paper does not give the exact form; this is documented in
+    the README.
+    """
+    if not peer_features:
+        return tf.constant(0.0, tf.float32)
+    features = tf.cast(features, tf.float32)
+    flat = tf.reshape(features, [tf.shape(features)[0], -1])
+    terms = []
+    for peer in peer_features:
+        peer = tf.reshape(tf.cast(peer, tf.float32), tf.shape(flat))
+        terms.append(tf.reduce_mean(tf.reduce_sum(tf.square(flat - peer), axis=-1)))
+    return _reduce_peers(terms, peer_reduction)

@@ -1,0 +1,90 @@
+"""One optimizer per cohort member, as one Keras optimizer.
+
+``CohortOptimizer`` is a ``keras.optimizers.MultiOptimizer`` whose sub-optimizers
+are the members' own optimizers (Algorithm 1 keeps one per network). Keras sees a
+single ``model.optimizer``: it is built, saved, restored (``model.save``,
+``BackupAndRestore``, ``ModelCheckpoint``) and finalised (weight EMA) like any
+other, and TensorBoard logs each member's learning rate. Setting its
+``learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``) sets every
+member's.
+"""
+
+import keras
+
+
+def clone_optimizer(optimizer, name):
+    """A fresh optimizer with ``optimizer``'s configuration and the given name."""
+    config = optimizer.get_config()
+    config["name"] = name
+    return optimizer.__class__.from_config(config)
+
+
+def member_optimizers(optimizer, members):
+    """Resolves ``compile(optimizer=...)`` to one optimizer per member.
+
+    A single optimizer (instance or name) is cloned for every member; a list must
+    hold one distinct optimizer per member.
+    """
+    k = len(members)
+    if isinstance(optimizer, (list, tuple)):
+        if len(optimizer) == 1:
+            optimizer = optimizer[0]
+        elif len(optimizer) != k:
+            raise ValueError(
+                f"`optimizer` must be one optimizer or a list of {k} (one per member); "
+                f"got a list of {len(optimizer)}."
+            )
+        else:
+            optimizers = [keras.optimizers.get(o) for o in optimizer]
+            if len({id(o) for o in optimizers}) != k:
+                raise ValueError(
+                    "`optimizer` lists the same optimizer instance more than once; "
+                    "each member needs its own optimizer."
+                )
+            return optimizers
+    if optimizer is None:
+        raise ValueError("`optimizer` is required: one optimizer or one per member.")
+    base = keras.optimizers.get(optimizer)
+    return [clone_optimizer(base, f"{base.name}_member{i}") for i in range(k)]
+
+
+class CohortOptimizer(keras.optimizers.MultiOptimizer):
+    """A ``MultiOptimizer`` that routes each member's variables to its own optimizer.
+
+    Args:
+      optimizers: one Keras optimizer per member, in member order.
+      member_of: callable mapping a variable to its member's index.
+    """
+
+    def __init__(self, optimizers, member_of, name="cohort_optimizer"):
+        super().__init__(self._select, name=name)
+        self._member_of = member_of
+        self._inner_optimizers = list(optimizers)
+
+    def _select(self, variable):
+        return self._inner_optimizers[self._member_of(variable)]
+
+    def member(self, k):
+        """The optimizer of member ``k``."""
+        return self._inner_optimizers[k]
+
+    @property
+    def learning_rate(self):
+        """Member 0's learning rate (all members share the schedule by default)."""
+        return self._inner_optimizers[0].learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if not hasattr(self, "_inner_optimizers"):
+            return  # the base constructor's placeholder; the members own their rates
+        for optimizer in self._inner_optimizers:
+            optimizer.learning_rate = value
+
+    def _get_current_learning_rate(self):
+        return self._inner_optimizers[0]._get_current_learning_rate()
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "optimizers": [keras.saving.serialize_keras_object(o) for o in self._inner_optimizers],
+        }
