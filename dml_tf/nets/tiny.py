@@ -1,0 +1,24 @@
+"""A tiny CNN for fast tests of the rest of dml_tf (not from the paper).
+
+conv3x3(16)-BN-ReLU, conv3x3(32, stride 2)-BN-ReLU, global average pooling
+(``features``, 32-d), ``logits`` Dense: 5,562 parameters at 10 classes (``count_params``).
+"""
+
+import keras
+
+from dml_tf.nets import _common
+
+
+def tiny_cnn(num_classes, input_shape=(32, 32, 3), weight_decay=0.0, seed=None, name=None):
+    """Builds the tiny test CNN mapping images to logits (same conventions as the paper's nets)."""
+    num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
+    f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.9, bn_epsilon=1e-5)
+    inputs = _common.images_input(input_shape)
+    x = f.conv(16, 3, name="conv1")(inputs)
+    x = f.bn("conv1_bn")(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = f.conv(32, 3, strides=2, name="conv2")(x)
+    x = f.bn("conv2_bn")(x)
+    x = keras.layers.ReLU(name="conv2_relu")(x)
+    logits = f.head(x, num_classes)
+    return keras.Model(inputs, logits, name=name or "tiny_cnn")
