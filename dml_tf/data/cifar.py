@@ -1,0 +1,373 @@
+"""CIFAR-10 / CIFAR-100 with the paper's augmentation (Sec. 4.1).
+
+Sources, in this order:
+
+* ``data_dir`` given: the official "python version" archives as distributed by
+  https://www.cs.toronto.edu/~kriz/cifar.html -- ``cifar-100-python.tar.gz`` /
+  ``cifar-10-python.tar.gz`` -- or their extracted folders ``cifar-100-python/``
+  (``train``, ``test``, ``meta``) / ``cifar-10-batches-py/`` (``data_batch_1..5``,
+  ``test_batch``, ``batches.meta``).  ``data_dir`` may also be the extracted folder
+  itself or the archive file.  The batches are pickles (``encoding="bytes"``):
+  ``b"data"`` uint8 ``(N, 3072)``, each row the 32x32 red plane, then green, then
+  blue (row-major CHW); labels in ``b"fine_labels"`` (CIFAR-100) or ``b"labels"``
+  (CIFAR-10).  They are read with a restricted unpickler that only builds NumPy
+  arrays, lists, dicts and strings (a tampered file cannot run code).
+* ``data_dir=None``: ``tensorflow_datasets`` ("cifar100" / "cifar10"), read whole
+  into NumPy.  If the data set is not prepared there and the download host is
+  unreachable, the loader fails at once instead of after tfds' retries.
+
+Preprocessing: images are scaled to [0, 1] and standardised per channel with the
+mean and standard deviation of the *loaded training images* (computed here, not
+hard-coded; for the full CIFAR-100 training set about mean (0.507, 0.487, 0.441),
+std (0.267, 0.256, 0.276)); they are in ``bundle.extras["mean"]`` / ``["std"]``.
+Training augmentation exactly as the paper: reflect-pad 4 pixels, random 32x32 crop,
+random horizontal flip (:mod:`dml_tf.data.augment`); none at test time.
+Shuffling/augmentation determinism: :mod:`dml_tf.data.pipeline`.
+"""
+
+import importlib
+import logging
+import os
+import pickle
+import socket
+import tarfile
+import zlib
+
+import numpy as np
+
+from dml_tf.data import augment, pipeline
+from dml_tf.data.base import DatasetBundle
+from dml_tf.errors import DataError, DatasetNotFoundError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (32, 32, 3)
+PAD = 4
+DOWNLOAD_HOST = "www.cs.toronto.edu"
+
+# name -> layout of the official python-version archive.
+_LAYOUT = {
+    "cifar100": {
+        "title": "CIFAR-100",
+        "archive": "cifar-100-python.tar.gz",
+        "folder": "cifar-100-python",
+        "train": ("train",),
+        "test": ("test",),
+        "meta": "meta",
+        "label_key": b"fine_labels",
+        "names_key": b"fine_label_names",
+        "num_classes": 100,
+    },
+    "cifar10": {
+        "title": "CIFAR-10",
+        "archive": "cifar-10-python.tar.gz",
+        "folder": "cifar-10-batches-py",
+        "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test": ("test_batch",),
+        "meta": "batches.meta",
+        "label_key": b"labels",
+        "names_key": b"label_names",
+        "num_classes": 10,
+    },
+}
+
+
+def _layout(name):
+    if name not in _LAYOUT:
+        raise ValueError(f"Unknown CIFAR variant {name!r}; expected 'cifar10' or 'cifar100'.")
+    return _LAYOUT[name]
+
+
+def download_url(name):
+    """The official download address of ``name``'s python-version archive."""
+    return f"https://{DOWNLOAD_HOST}/~kriz/{_layout(name)['archive']}"
+
+
+def _not_found_sentence(name, where):
+    layout = _layout(name)
+    return (
+        f"{layout['title']} not found{where}: download {download_url(name)} and pass "
+        f"--data_dir=DIR containing it (or its extracted {layout['folder']} folder)."
+    )
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only reconstructs NumPy arrays/dtypes (and latin-1 strings)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core."):]
+        return getattr(importlib.import_module(module), name)
+
+
+def _unpickle(raw, source):
+    import io
+
+    try:
+        return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as err:  # pickle raises many types on bad input
+        raise DataError(f"{source} is not a readable CIFAR pickle ({type(err).__name__}: {err}).") from err
+
+
+def _get(batch, key):
+    """``batch[key]`` for bytes keys (official files) or str keys (re-pickled files)."""
+    if key in batch:
+        return batch[key]
+    return batch.get(key.decode("ascii"))
+
+
+def parse_batch(raw, source, label_key):
+    """One pickled CIFAR batch -> ``(images uint8 (N, 32, 32, 3) HWC, labels int32 (N,))``.
+
+    ``source`` names the file in error messages.
+    """
+    batch = _unpickle(raw, source)
+    if not isinstance(batch, dict):
+        raise DataError(f"{source}: expected a pickled dict with b'data' and {label_key!r}, got {type(batch).__name__}.")
+    data, labels = _get(batch, b"data"), _get(batch, label_key)
+    if data is None or labels is None:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
+        raise DataError(f"{source}: expected keys b'data' and {label_key!r}, found {keys}.")
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        raise DataError(f"{source}: b'data' must be a uint8 array of shape (N, 3072), got {data.dtype} {data.shape}.")
+    labels = np.asarray(labels)
+    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: {label_key!r} must hold {data.shape[0]} integer labels, got {labels.dtype} {labels.shape}.")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW rows -> NHWC
+    return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def _names(raw, source, names_key):
+    meta = _unpickle(raw, source)
+    names = _get(meta, names_key) if isinstance(meta, dict) else None
+    if names is None:
+        return None
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _find_source(name, data_dir):
+    """``("folder" | "archive", path)`` for ``data_dir``, or DatasetNotFoundError."""
+    layout = _layout(name)
+    data_dir = os.fspath(data_dir)
+    required = layout["train"] + layout["test"]
+    if os.path.isfile(data_dir):
+        return "archive", data_dir
+    if not os.path.isdir(data_dir):
+        raise DatasetNotFoundError(_not_found_sentence(name, f" (--data_dir {data_dir} does not exist)"))
+    folder = os.path.join(data_dir, layout["folder"])
+    for candidate in (folder, data_dir):
+        if any(os.path.exists(os.path.join(candidate, f)) for f in required):
+            missing = [f for f in required if not os.path.isfile(os.path.join(candidate, f))]
+            if missing:
+                raise DatasetNotFoundError(
+                    f"{layout['title']} folder {candidate} is incomplete: missing {', '.join(missing)} "
+                    f"(expected {', '.join(required)}); re-extract {download_url(name)} there."
+                )
+            return "folder", candidate
+    archive = os.path.join(data_dir, layout["archive"])
+    if os.path.isfile(archive):
+        return "archive", archive
+    raise DatasetNotFoundError(
+        _not_found_sentence(
+            name, f" in {data_dir} (expected {layout['archive']} or {layout['folder']}/ with {', '.join(required)})"
+        )
+    )
+
+
+def _read_archive(name, path):
+    """``{file name: bytes}`` of the batches (and meta, if present) in the archive."""
+    layout = _layout(name)
+    wanted = {f"{layout['folder']}/{f}": f for f in layout["train"] + layout["test"] + (layout["meta"],)}
+    found = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    found[wanted[member.name]] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(
+            f"Could not read {path} ({type(err).__name__}: {err}): expected the intact {layout['archive']} "
+            f"from {download_url(name)}; it may be truncated or corrupt -- download it again."
+        ) from err
+    missing = [f for f in layout["train"] + layout["test"] if f not in found]
+    if missing:
+        raise DataError(
+            f"{path} lacks {', '.join(layout['folder'] + '/' + f for f in missing)}: expected the official "
+            f"{layout['archive']} from {download_url(name)}."
+        )
+    return found
+
+
+def _read_folder(name, folder):
+    layout = _layout(name)
+    files = {}
+    for f in layout["train"] + layout["test"] + (layout["meta"],):
+        path = os.path.join(folder, f)
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                files[f] = handle.read()
+    return files
+
+
+def read_arrays(name, data_dir):
+    """Reads the official archive or folder in ``data_dir`` into NumPy.
+
+    Returns a dict with ``train_images``/``test_images`` (uint8 NHWC, RGB),
+    ``train_labels``/``test_labels`` (int32) and ``class_names`` (list or None).
+    Raises DatasetNotFoundError when the files are not there, DataError when they
+    are malformed.
+    """
+    layout = _layout(name)
+    kind, path = _find_source(name, data_dir)
+    files = _read_archive(name, path) if kind == "archive" else _read_folder(name, path)
+
+    def source(f):
+        return f"{path}:{layout['folder']}/{f}" if kind == "archive" else os.path.join(path, f)
+
+    arrays = {}
+    for split in ("train", "test"):
+        parts = [parse_batch(files[f], source(f), layout["label_key"]) for f in layout[split]]
+        arrays[f"{split}_images"] = np.concatenate([p[0] for p in parts])
+        arrays[f"{split}_labels"] = np.concatenate([p[1] for p in parts])
+        labels = arrays[f"{split}_labels"]
+        if labels.size and (labels.min() < 0 or labels.max() >= layout["num_classes"]):
+            raise DataError(
+                f"{source(layout[split][0])}: labels must lie in [0, {layout['num_classes']}), "
+                f"found [{labels.min()}, {labels.max()}]."
+            )
+    meta = layout["meta"]
+    arrays["class_names"] = _names(files[meta], source(meta), layout["names_key"]) if meta in files else None
+    return arrays
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def _host_reachable(host=DOWNLOAD_HOST, port=443, timeout=5.0):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _read_tfds(name):
+    """Reads ``name`` from tensorflow-datasets; DatasetNotFoundError when it cannot."""
+    sentence = _not_found_sentence(name, " (tensorflow-datasets could not provide it)")
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(name)
+        if not builder.is_prepared() and not _host_reachable():
+            raise DatasetNotFoundError(
+                _not_found_sentence(name, f" (not prepared in tensorflow-datasets and {DOWNLOAD_HOST} is unreachable)")
+            )
+        splits = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+        (train_x, train_y), (test_x, test_y) = tfds.as_numpy(splits)
+        names = None
+        try:
+            names = list(builder.info.features["label"].names)
+        except Exception:  # class names are a nicety
+            pass
+    except DatasetNotFoundError:
+        raise
+    except Exception as err:
+        raise DatasetNotFoundError(f"{sentence[:-1]} [{type(err).__name__}: {str(err)[:200]}].") from err
+    return {
+        "train_images": np.asarray(train_x, np.uint8),
+        "train_labels": np.asarray(train_y, np.int32),
+        "test_images": np.asarray(test_x, np.uint8),
+        "test_labels": np.asarray(test_y, np.int32),
+        "class_names": names,
+    }
+
+
+def load_arrays(name, data_dir=None):
+    """The raw CIFAR arrays (see :func:`read_arrays`) from ``data_dir`` or, when it is
+    None, from tensorflow-datasets."""
+    _layout(name)
+    arrays = read_arrays(name, data_dir) if data_dir is not None else _read_tfds(name)
+    for split in ("train", "test"):
+        images = arrays[f"{split}_images"]
+        if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{name} {split} images must have shape (N, 32, 32, 3), got {images.shape}.")
+    return arrays
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buffer=None):
+    """CIFAR-10/100 as a :class:`DatasetBundle` with the paper's augmentation.
+
+    Args:
+      name: "cifar10" or "cifar100".
+      data_dir: folder with the official archive or its extracted folder; None
+        reads through tensorflow-datasets.
+      batch_size: images per batch (train and test).
+      seed: drives shuffling, augmentation and the labelled subset.
+      labeled_fraction: in (0, 1]; keeps that fraction of each class labelled
+        (rounded, at least one image per class, chosen by ``seed``) and labels the
+        rest -1 (semi-supervised DML).
+      shuffle_buffer: tf.data shuffle buffer; None = the whole training set.
+
+    ``extras``: ``mean``/``std`` (per channel, [0, 1] scale, of the training
+    images), ``labeled_mask`` (bool per training image), ``labeled_count``,
+    ``class_names``, ``source`` ("data_dir" or "tfds").
+    """
+    layout = _layout(name)
+    batch_size = pipeline.check_positive_int("batch_size", batch_size)
+    seed = pipeline.check_seed(seed)
+    fraction = pipeline.check_labeled_fraction(labeled_fraction)
+    if shuffle_buffer is not None:
+        pipeline.check_positive_int("shuffle_buffer", shuffle_buffer)
+
+    arrays = load_arrays(name, data_dir)
+    train_images, test_images = arrays["train_images"], arrays["test_images"]
+    train_labels, mask = pipeline.select_labeled(arrays["train_labels"], fraction, seed)
+    mean, std = pipeline.channel_stats(train_images)
+    logger.info("%s: %d train / %d test images, mean %s std %s", name, len(train_images), len(test_images), mean, std)
+
+    def train_augment(image, element_seed):
+        return augment.cifar_train_augment(image, element_seed, pad=PAD, flip=True)
+
+    train = pipeline.train_dataset(
+        train_images, train_labels, batch_size, seed, mean, std, train_augment, shuffle_buffer
+    )
+    test = pipeline.eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
+    return DatasetBundle(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=layout["num_classes"],
+        input_shape=IMAGE_SHAPE,
+        train_size=len(train_images),
+        test_size=len(test_images),
+        extras={
+            "mean": mean,
+            "std": std,
+            "labeled_mask": mask,
+            "labeled_count": int(mask.sum()),
+            "class_names": arrays["class_names"],
+            "source": "tfds" if data_dir is None else "data_dir",
+        },
+    )

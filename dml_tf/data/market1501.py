@@ -1,0 +1,620 @@
+"""Market-1501 (person re-identification) from its folders or from TFRecords.
+
+Layout expected under ``data_dir`` (the unzipped ``Market-1501-v15.09.15``)::
+
+    bounding_box_train/   12,936 images of 751 ids  -> training (751-way classification)
+    bounding_box_test/    19,732 images             -> gallery (id 0000 distractors, -1 junk)
+    query/                 3,368 images of 750 ids  -> queries
+    gt_bbox/              hand-drawn boxes          -> multi-query pooling (optional)
+
+File names are ``PPPP_cCsS_FFFFFF_BB.jpg`` (person id, camera 1..6, sequence, frame,
+box), junk images ``-1_cCsS_FFFFFF_BB.jpg``. Only files ending in ``.jpg`` are read;
+anything else in a folder (the archive ships ``Thumbs.db`` files) is ignored. A
+``.jpg`` whose name does not parse is an error (its label would be a guess) unless
+``skip_unparsable=True``, which leaves it out and logs how many were left out.
+
+Training labels: the ids of ``bounding_box_train`` relabelled ``0..N-1`` in sorted order
+of the original id (N = 751 on the real set). Junk (-1) and distractor (0000) images do
+not belong in ``bounding_box_train``; if some are there they are dropped and counted in
+``bundle.info["dropped"]``.
+
+Preprocessing follows the original implementation: decode the JPEG, convert to float in
+[0, 1], resize (bilinear) to the network input (224x224 by default, the MobileNet /
+Inception v1 size, so the 128x64 crops are stretched), random left-right flip for
+training only, then scale to [-1, 1].
+
+TFRecords (the original's route) are written by ``tools/convert_market1501.py`` (see
+:func:`write_tfrecords`) into ``data_dir/tfrecords`` unless told otherwise; ``load``
+reads them from ``tfrecord_dir`` (default ``data_dir/tfrecords``) and yields exactly
+the same examples, in the same order, as the folders.
+"""
+
+import collections
+import dataclasses
+import glob
+import logging
+import math
+import os
+import re
+
+import numpy as np
+
+from dml_tf.data.base import DatasetBundle
+from dml_tf.errors import DataError, DatasetNotFoundError
+from dml_tf.io_utils import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+NAME = "market1501"
+FOLDERS = collections.OrderedDict(
+    [("train", "bounding_box_train"), ("gallery", "bounding_box_test"), ("query", "query"), ("gt_bbox", "gt_bbox")]
+)
+REQUIRED_SPLITS = ("train", "gallery", "query")
+LAYOUT = (
+    "DATA_DIR/bounding_box_train/*.jpg, DATA_DIR/bounding_box_test/*.jpg, DATA_DIR/query/*.jpg "
+    "and optionally DATA_DIR/gt_bbox/*.jpg, with names like 0002_c1s1_000451_03.jpg"
+)
+DOWNLOAD_HINT = (
+    "Market-1501 is not downloaded automatically: download Market-1501-v15.09.15.zip, "
+    "unzip it and pass --data_dir=.../Market-1501-v15.09.15."
+)
+DEFAULT_IMAGE_SIZE = (224, 224)
+TFRECORD_SUBDIR = "tfrecords"
+MANIFEST = "market1501_tfrecords.json"
+MANIFEST_FORMAT = "dml_tf/market1501-tfrecords"
+SOURCES = ("auto", "folders", "tfrecords")
+
+_NAME_RE = re.compile(r"^(-1|\d{4})_c([1-6])s(\d)_(\d{6})_(\d{2})\.(?i:jpg)$")
+_MAX_BAD_NAMES_SHOWN = 5
+
+
+# --------------------------------------------------------------------------------------
+# File names and folder listings.
+# --------------------------------------------------------------------------------------
+ImageName = collections.namedtuple("ImageName", ["person_id", "camera", "sequence", "frame", "box"])
+ImageName.__doc__ = """A parsed Market-1501 file name; ``person_id`` -1 is junk, 0 a distractor."""
+
+
+def parse_filename(name):
+    """``"0002_c1s1_000451_03.jpg"`` -> ``ImageName(2, 1, 1, 451, 3)``.
+
+    Junk images (``-1_c1s1_000401_03.jpg``) get ``person_id`` -1. Raises ``DataError``
+    for any other name (a directory part is allowed and ignored).
+    """
+    base = os.path.basename(os.fspath(name))
+    match = _NAME_RE.match(base)
+    if not match:
+        raise DataError(
+            f"Market-1501 file name {base!r} does not follow PPPP_cCsS_FFFFFF_BB.jpg "
+            "(person id 0000-9999 or -1, camera 1-6, sequence, 6-digit frame, 2-digit box)."
+        )
+    pid, cam, seq, frame, box = match.groups()
+    return ImageName(int(pid), int(cam), int(seq), int(frame), int(box))
+
+
+@dataclasses.dataclass
+class SplitListing:
+    """The parsed, sorted ``.jpg`` files of one split folder."""
+
+    split: str
+    folder: str  # absolute path
+    filenames: np.ndarray  # base names, sorted
+    ids: np.ndarray
+    cams: np.ndarray
+    sequences: np.ndarray
+    frames: np.ndarray
+    num_unparsable_skipped: int = 0
+
+    def __len__(self):
+        return len(self.filenames)
+
+    @property
+    def paths(self):
+        return np.array([os.path.join(self.folder, f) for f in self.filenames])
+
+
+def _check_data_dir(data_dir):
+    if data_dir is None:
+        raise DatasetNotFoundError(DOWNLOAD_HINT)
+    data_dir = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    if not os.path.isdir(data_dir):
+        raise DatasetNotFoundError(f"Market-1501 folder {data_dir} does not exist. {DOWNLOAD_HINT}")
+    return data_dir
+
+
+def split_folder(data_dir, split):
+    """The folder of ``split`` (``train``, ``gallery``, ``query``, ``gt_bbox``)."""
+    if split not in FOLDERS:
+        raise ValueError(f"Unknown Market-1501 split {split!r}; expected one of {list(FOLDERS)}.")
+    return os.path.join(data_dir, FOLDERS[split])
+
+
+def list_split(data_dir, split, skip_unparsable=False):
+    """Lists and parses the ``.jpg`` files of one split folder, sorted by name.
+
+    Raises:
+      DatasetNotFoundError: ``data_dir`` or the split folder is missing (the message
+        names the folder and the expected layout).
+      DataError: the folder holds no ``.jpg`` or (unless ``skip_unparsable``) some
+        names do not parse; the first few bad names are listed.
+    """
+    data_dir = _check_data_dir(data_dir)
+    folder = split_folder(data_dir, split)
+    if not os.path.isdir(folder):
+        hint = ""
+        nested = os.path.join(data_dir, "Market-1501-v15.09.15")
+        if os.path.isdir(nested):
+            hint = f" (did you mean --data_dir={nested}?)"
+        raise DatasetNotFoundError(
+            f"Market-1501 split folder {folder} is missing{hint}. Expected the unzipped "
+            f"Market-1501-v15.09.15 layout: {LAYOUT}."
+        )
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(".jpg"))
+    if not names:
+        raise DataError(f"Market-1501 split folder {folder} holds no .jpg images. Expected layout: {LAYOUT}.")
+    parsed, good_names, bad = [], [], []
+    for name in names:
+        try:
+            parsed.append(parse_filename(name))
+            good_names.append(name)
+        except DataError:
+            bad.append(name)
+    if bad and not skip_unparsable:
+        shown = ", ".join(bad[:_MAX_BAD_NAMES_SHOWN]) + (", ..." if len(bad) > _MAX_BAD_NAMES_SHOWN else "")
+        raise DataError(
+            f"{len(bad)} file name(s) in {folder} do not follow PPPP_cCsS_FFFFFF_BB.jpg: {shown}. "
+            "Rename or remove them, or pass skip_unparsable=True to leave them out."
+        )
+    if bad:
+        logger.warning("Market-1501: skipped %d unparsable file name(s) in %s.", len(bad), folder)
+    if not good_names:
+        raise DataError(f"Market-1501 split folder {folder} holds no image with a parsable name.")
+    array = np.array(parsed, dtype=np.int64).reshape(-1, 5)
+    return SplitListing(
+        split=split,
+        folder=folder,
+        filenames=np.array(good_names),
+        ids=array[:, 0],
+        cams=array[:, 1],
+        sequences=array[:, 2],
+        frames=array[:, 3],
+        num_unparsable_skipped=len(bad),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Preprocessing.
+# --------------------------------------------------------------------------------------
+def parse_image_size(image_size):
+    """``None`` -> (224, 224); ``"256,128"`` / ``(256, 128)`` -> ``(256, 128)``."""
+    if image_size is None:
+        return DEFAULT_IMAGE_SIZE
+    if isinstance(image_size, str):
+        image_size = [s for s in image_size.replace("x", ",").split(",") if s.strip()]
+    try:
+        size = tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be two positive integers (height, width); got {image_size!r}.")
+    return size
+
+
+def preprocess(encoded, image_size, flip=None):
+    """JPEG bytes -> float32 (H, W, 3) in [-1, 1], as the original re-id preprocessing.
+
+    Decode, convert to [0, 1], resize bilinearly to ``image_size``, flip left-right
+    where the boolean tensor ``flip`` is true, scale to [-1, 1].
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_jpeg(encoded, channels=3)
+    image = tf.image.convert_image_dtype(image, tf.float32)
+    image = tf.image.resize(image, image_size, method="bilinear")
+    if flip is not None:
+        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+    image = (image - 0.5) * 2.0
+    image.set_shape((image_size[0], image_size[1], 3))
+    return image
+
+
+# --------------------------------------------------------------------------------------
+# TFRecords.
+# --------------------------------------------------------------------------------------
+def _record_features():
+    import tensorflow as tf
+
+    return {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/camera": tf.io.FixedLenFeature([], tf.int64),
+        "image/filename": tf.io.FixedLenFeature([], tf.string),
+    }
+
+
+def _example(encoded, person_id, camera, filename):
+    import tensorflow as tf
+
+    def _bytes(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": _bytes(encoded),
+                "image/format": _bytes(b"jpeg"),
+                "image/label": _int(person_id),
+                "image/camera": _int(camera),
+                "image/filename": _bytes(filename.encode("utf-8")),
+            }
+        )
+    ).SerializeToString()
+
+
+def write_tfrecords(data_dir, output_dir=None, shard_size=2000, skip_unparsable=False):
+    """Writes every split of ``data_dir`` as sharded TFRecords (the original's route).
+
+    Each example holds ``image/encoded`` (the JPEG bytes, unchanged), ``image/format``,
+    ``image/label`` (the ORIGINAL person id, -1 for junk), ``image/camera`` and
+    ``image/filename``; examples are in sorted file-name order, shard after shard
+    (``{split}-00000-of-00007.tfrecord``). Every shard is written to a temporary file
+    and renamed into place, and the manifest ``market1501_tfrecords.json`` is removed
+    first and written last (atomically), so a reader never uses a half-converted set.
+    ``gt_bbox`` is converted when its folder exists.
+
+    Returns:
+      The manifest (a dict).
+    """
+    import tensorflow as tf
+
+    data_dir = _check_data_dir(data_dir)
+    output_dir = os.path.abspath(output_dir or os.path.join(data_dir, TFRECORD_SUBDIR))
+    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}.")
+    listings = {split: list_split(data_dir, split, skip_unparsable) for split in REQUIRED_SPLITS}
+    if os.path.isdir(split_folder(data_dir, "gt_bbox")):
+        listings["gt_bbox"] = list_split(data_dir, "gt_bbox", skip_unparsable)
+    else:
+        logger.warning("Market-1501: no gt_bbox folder in %s; multi-query will be unavailable.", data_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    manifest_path = os.path.join(output_dir, MANIFEST)
+    if os.path.exists(manifest_path):
+        os.remove(manifest_path)
+
+    manifest = {"format": MANIFEST_FORMAT, "version": 1, "data_dir": data_dir, "splits": {}}
+    for split, listing in listings.items():
+        num_shards = max(1, math.ceil(len(listing) / shard_size))
+        shards = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+        for i, shard in enumerate(shards):
+            final = os.path.join(output_dir, shard)
+            tmp = os.path.join(output_dir, f".{shard}.tmp")
+            try:
+                with tf.io.TFRecordWriter(tmp) as writer:
+                    for k in range(i * shard_size, min((i + 1) * shard_size, len(listing))):
+                        with open(os.path.join(listing.folder, listing.filenames[k]), "rb") as f:
+                            encoded = f.read()
+                        writer.write(_example(encoded, listing.ids[k], listing.cams[k], listing.filenames[k]))
+                os.replace(tmp, final)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                raise
+        for stale in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord")):
+            if os.path.basename(stale) not in shards:
+                os.remove(stale)
+        manifest["splits"][split] = {
+            "folder": FOLDERS[split],
+            "shards": shards,
+            "num_examples": int(len(listing)),
+        }
+        logger.info("Market-1501: wrote %d %s examples in %d shard(s).", len(listing), split, num_shards)
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def _read_manifest(tfrecord_dir):
+    import json
+
+    path = os.path.join(tfrecord_dir, MANIFEST)
+    if not os.path.isfile(path):
+        raise DataError(
+            f"No Market-1501 TFRecords in {tfrecord_dir} ({MANIFEST} is missing, or a conversion did not "
+            "finish). Write them with: python tools/convert_market1501.py --data_dir=DATA_DIR "
+            "[--output_dir=DIR], or use source='folders'."
+        )
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path} is not a dml_tf Market-1501 TFRecord manifest.")
+    missing = [
+        shard
+        for split in manifest["splits"].values()
+        for shard in split["shards"]
+        if not os.path.isfile(os.path.join(tfrecord_dir, shard))
+    ]
+    if missing:
+        raise DataError(f"Market-1501 TFRecord shard(s) listed in {path} are missing: {missing[:5]}.")
+    return manifest
+
+
+def _tfrecord_listing(tfrecord_dir, manifest, split):
+    """Reads a split's ids, cameras and file names back from its records."""
+    import tensorflow as tf
+
+    info = manifest["splits"][split]
+    shards = [os.path.join(tfrecord_dir, s) for s in info["shards"]]
+    meta_spec = {k: v for k, v in _record_features().items() if k != "image/encoded"}
+    dataset = tf.data.TFRecordDataset(shards).map(lambda r: tf.io.parse_single_example(r, meta_spec)).batch(4096)
+    ids, cams, names = [], [], []
+    for batch in dataset.as_numpy_iterator():
+        ids.append(batch["image/label"])
+        cams.append(batch["image/camera"])
+        names.extend(n.decode("utf-8") for n in batch["image/filename"])
+    if len(names) != info["num_examples"]:
+        raise DataError(
+            f"Market-1501 TFRecords of split {split} in {tfrecord_dir} hold {len(names)} examples, "
+            f"the manifest says {info['num_examples']}; convert again."
+        )
+    ids = np.concatenate(ids).astype(np.int64)
+    parsed = [parse_filename(n) for n in names]
+    return SplitListing(
+        split=split,
+        folder=tfrecord_dir,
+        filenames=np.array(names),
+        ids=ids,
+        cams=np.concatenate(cams).astype(np.int64),
+        sequences=np.array([p.sequence for p in parsed], np.int64),
+        frames=np.array([p.frame for p in parsed], np.int64),
+    ), shards
+
+
+# --------------------------------------------------------------------------------------
+# Datasets.
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Market1501Split:
+    """An evaluation split: images in a fixed order plus their ids, cameras, names.
+
+    ``images`` yields batches of float32 ``(B, H, W, 3)`` in [-1, 1], unaugmented, in
+    the order of ``filenames`` (sorted); ``ids``/``cams`` are the original person ids
+    (-1 junk, 0 distractor) and cameras 1..6.
+    """
+
+    name: str
+    folder: str
+    images: object  # tf.data.Dataset
+    ids: np.ndarray
+    cams: np.ndarray
+    filenames: np.ndarray
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def _encoded_dataset(listing, shards):
+    """JPEG bytes of a split, in listing order."""
+    import tensorflow as tf
+
+    if shards is None:
+        return tf.data.Dataset.from_tensor_slices(listing.paths).map(tf.io.read_file)
+    spec = {"image/encoded": _record_features()["image/encoded"]}
+    return tf.data.TFRecordDataset(shards).map(lambda r: tf.io.parse_single_example(r, spec)["image/encoded"])
+
+
+def _eval_split(listing, shards, image_size, batch_size):
+    import tensorflow as tf
+
+    images = (
+        _encoded_dataset(listing, shards)
+        .map(lambda e: preprocess(e, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return Market1501Split(
+        name=listing.split,
+        folder=listing.folder,
+        images=images,
+        ids=listing.ids,
+        cams=listing.cams,
+        filenames=listing.filenames,
+    )
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return int(value)
+
+
+def _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, seed):
+    """The original ids that keep their labels (all of them when nothing is asked)."""
+    num_ids = len(train_ids)
+    if labeled_ids is not None and labeled_fraction is not None:
+        raise ValueError("Pass labeled_ids or labeled_fraction, not both.")
+    if labeled_fraction is not None:
+        if not 0.0 < float(labeled_fraction) <= 1.0:
+            raise ValueError(f"labeled_fraction must be in (0, 1]; got {labeled_fraction!r}.")
+        if float(labeled_fraction) == 1.0:
+            return None
+        labeled_ids = max(1, int(round(float(labeled_fraction) * num_ids)))
+    if labeled_ids is None:
+        return None
+    labeled_ids = _positive_int("labeled_ids", labeled_ids)
+    if labeled_ids > num_ids:
+        raise ValueError(f"labeled_ids={labeled_ids} but the training set has only {num_ids} identities.")
+    if labeled_ids == num_ids:
+        return None
+    if labeled_selection == "first":
+        return train_ids[:labeled_ids]
+    if labeled_selection == "random":
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(train_ids, labeled_ids, replace=False))
+    raise ValueError(f"Unknown labeled_selection {labeled_selection!r}; expected 'random' or 'first'.")
+
+
+def load(
+    data_dir=None,
+    batch_size=16,
+    seed=0,
+    image_size=DEFAULT_IMAGE_SIZE,
+    labeled_ids=None,
+    source="auto",
+    tfrecord_dir=None,
+    labeled_fraction=None,
+    labeled_selection="random",
+    eval_batch_size=None,
+    skip_unparsable=False,
+):
+    """Loads Market-1501 for DML training and re-id evaluation.
+
+    Args:
+      data_dir: the unzipped ``Market-1501-v15.09.15`` folder.
+      batch_size: training batch size (16 in the paper); also the evaluation batch
+        size unless ``eval_batch_size`` is given.
+      seed: seeds the per-epoch shuffle, the random flips and the choice of labelled
+        identities; the same seed gives the same batches.
+      image_size: network input ``(H, W)``; 224x224 as the original (MobileNet,
+        Inception v1); e.g. ``(256, 128)`` keeps the 2:1 aspect.
+      labeled_ids: semi-supervised DML (Sec. 4.10): only ``M`` training identities
+        keep their labels, the other training images get label -1. As in the paper
+        the ``M`` identities are a seeded random choice (``labeled_selection="first"``
+        takes the first ``M`` in sorted id order instead). Labels are then
+        ``0..M-1`` (labelled ids in sorted order) and ``num_classes`` is ``M``.
+      source: ``"folders"`` (the JPEG folders), ``"tfrecords"`` (the output of
+        ``tools/convert_market1501.py``) or ``"auto"`` (TFRecords if a finished
+        conversion is found in ``tfrecord_dir``, else the folders).
+      tfrecord_dir: where the TFRecords are; default ``data_dir/tfrecords``.
+      labeled_fraction: alternative to ``labeled_ids``: the fraction of identities.
+      eval_batch_size: batch size of the query/gallery/gt_bbox image datasets.
+      skip_unparsable: leave out (and count) ``.jpg`` files whose name does not parse,
+        instead of failing.
+
+    Returns:
+      ``DatasetBundle(name="market1501", train=..., test=None, num_classes=N,
+      input_shape=(H, W, 3), train_size=..., extras={"query", "gallery"[, "gt_bbox"]})``:
+      ``train`` is one epoch of shuffled, flipped ``(images, labels)`` batches;
+      each extra is a :class:`Market1501Split`. ``gt_bbox`` is absent when its folder
+      (or records) are, and multi-query evaluation is then unavailable. ``info``
+      holds the original id of every label (``train_ids``), the labelled ids, counts of
+      dropped junk/distractor training images and the source.
+
+    Raises:
+      DatasetNotFoundError: ``data_dir`` is None or missing, or a split folder is.
+      DataError: malformed names or an incomplete TFRecord conversion.
+      ValueError: bad arguments.
+    """
+    import tensorflow as tf
+
+    batch_size = _positive_int("batch_size", batch_size)
+    eval_batch_size = batch_size if eval_batch_size is None else _positive_int("eval_batch_size", eval_batch_size)
+    image_size = parse_image_size(image_size)
+    if source not in SOURCES:
+        raise ValueError(f"Unknown source {source!r}; expected one of {list(SOURCES)}.")
+    seed = 0 if seed is None else int(seed)
+
+    if tfrecord_dir is None:
+        data_dir = _check_data_dir(data_dir)
+        tfrecord_dir = os.path.join(data_dir, TFRECORD_SUBDIR)
+    tfrecord_dir = os.path.abspath(os.path.expanduser(os.fspath(tfrecord_dir)))
+    if source == "auto":
+        source = "tfrecords" if os.path.isfile(os.path.join(tfrecord_dir, MANIFEST)) else "folders"
+
+    listings, shards = {}, {}
+    if source == "tfrecords":
+        manifest = _read_manifest(tfrecord_dir)
+        for split in FOLDERS:
+            if split in manifest["splits"]:
+                listings[split], shards[split] = _tfrecord_listing(tfrecord_dir, manifest, split)
+            elif split in REQUIRED_SPLITS:
+                raise DataError(f"The Market-1501 TFRecords in {tfrecord_dir} have no {split} split; convert again.")
+    else:
+        data_dir = _check_data_dir(data_dir)
+        for split in FOLDERS:
+            if split == "gt_bbox" and not os.path.isdir(split_folder(data_dir, split)):
+                logger.warning("Market-1501: no gt_bbox folder in %s; multi-query evaluation unavailable.", data_dir)
+                continue
+            listings[split] = list_split(data_dir, split, skip_unparsable)
+            shards[split] = None
+
+    # ---- training labels
+    train = listings["train"]
+    keep = train.ids > 0
+    dropped = {"junk": int((train.ids == -1).sum()), "distractor": int((train.ids == 0).sum())}
+    if dropped["junk"] or dropped["distractor"]:
+        logger.warning(
+            "Market-1501: dropped %d junk and %d distractor image(s) found in bounding_box_train.",
+            dropped["junk"],
+            dropped["distractor"],
+        )
+    if not keep.any():
+        raise DataError("Market-1501 bounding_box_train holds no image of a real identity (id > 0).")
+    train_ids = np.unique(train.ids[keep])
+    labelled = _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, seed)
+    class_ids = train_ids if labelled is None else labelled
+    position = np.searchsorted(class_ids, train.ids)
+    position = np.minimum(position, len(class_ids) - 1)
+    labels = np.where(class_ids[position] == train.ids, position, -1).astype(np.int32)
+    labels[~keep] = -1
+
+    num_kept = int(keep.sum())
+    kept_labels = labels[keep]
+    if shards["train"] is None:
+        paths = train.paths[keep]
+        examples = (
+            tf.data.Dataset.from_tensor_slices((paths, kept_labels))
+            .shuffle(num_kept, seed=seed, reshuffle_each_iteration=True)
+            .map(lambda p, y: (tf.io.read_file(p), y))
+        )
+    else:
+        examples = (
+            tf.data.Dataset.zip(
+                _encoded_dataset(train, shards["train"]), tf.data.Dataset.from_tensor_slices((keep, labels))
+            )
+            .filter(lambda e, kl: kl[0])
+            .map(lambda e, kl: (e, kl[1]))
+            .shuffle(num_kept, seed=seed, reshuffle_each_iteration=True)
+        )
+    flips = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).map(lambda r: r % 2 == 1)
+    train_dataset = (
+        tf.data.Dataset.zip(examples, flips)
+        .map(
+            lambda ey, flip: (preprocess(ey[0], image_size, flip), ey[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+    extras = {
+        split: _eval_split(listings[split], shards[split], image_size, eval_batch_size)
+        for split in ("query", "gallery", "gt_bbox")
+        if split in listings
+    }
+    info = {
+        "source": source,
+        "data_dir": data_dir if source == "folders" else None,
+        "tfrecord_dir": tfrecord_dir if source == "tfrecords" else None,
+        "train_ids": class_ids,
+        "all_train_ids": train_ids,
+        "labeled_ids": labelled,
+        "num_labeled_images": int((labels >= 0).sum()),
+        "dropped": dropped,
+        "unparsable_skipped": {s: l.num_unparsable_skipped for s, l in listings.items()},
+        "image_size": image_size,
+        "multi_query": "gt_bbox" in extras,
+    }
+    return DatasetBundle(
+        name=NAME,
+        train=train_dataset,
+        test=None,
+        num_classes=int(len(class_ids)),
+        input_shape=(image_size[0], image_size[1], 3),
+        train_size=num_kept,
+        test_size=0,
+        extras=extras,
+        info=info,
+    )

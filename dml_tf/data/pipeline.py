@@ -1,0 +1,186 @@
+"""Shared ``tf.data`` helpers of the in-memory classification datasets (CIFAR, digits).
+
+Determinism (``train``): the same ``seed`` gives the same batches in the same order,
+epoch after epoch, in every pipeline built with it.
+
+* Order: ``Dataset.range(n).shuffle(buffer, seed=seed, reshuffle_each_iteration=True)``
+  shuffles image *indices*; tf.data derives epoch ``e``'s order from ``seed`` and the
+  number of iterations started on that dataset object, so epoch 1, 2, ... of two
+  separately built pipelines match.
+* Augmentation: the indices are zipped with
+  ``Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)`` (one int64 per
+  element, re-drawn each epoch the same way); the element's stateless seed is
+  ``(that value, image index)`` and every random choice is a ``tf.random.stateless_*``
+  op of it (:mod:`dml_tf.data.augment`), so parallel maps cannot reorder randomness.
+* ``tf.data.Options().deterministic = True`` and ``map(..., deterministic=True)``.
+
+As for every seeded TensorFlow op, the streams also depend on TensorFlow's global
+seed when one is set (``tf.random.set_seed`` / ``keras.utils.set_random_seed``):
+fix both for a repeatable run.
+
+Batches: ``train`` keeps the last, smaller batch (``drop_remainder=False``): every
+image is seen once per epoch, and a cohort feeds the same batch to all members, so
+a short batch needs no special case.  ``test`` is in the stored order, unaugmented.
+"""
+
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from dml_tf.data import augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def check_positive_int(name, value):
+    """``value`` as an int, or ValueError when it is not a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def check_seed(seed):
+    """``seed`` as an int, or ValueError when it is not a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    return int(seed)
+
+
+def check_labeled_fraction(labeled_fraction):
+    """``labeled_fraction`` as a float in (0, 1], or ValueError."""
+    if isinstance(labeled_fraction, bool) or not isinstance(labeled_fraction, numbers.Real):
+        raise ValueError(f"labeled_fraction must be a number in (0, 1], got {labeled_fraction!r}.")
+    fraction = float(labeled_fraction)
+    if not 0.0 < fraction <= 1.0:  # also rejects NaN
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction!r}.")
+    return fraction
+
+
+def per_class_count(class_size, fraction):
+    """How many of ``class_size`` images stay labelled: ``fraction * class_size``
+    rounded half up, at least 1 (0 for an empty class)."""
+    if class_size == 0:
+        return 0
+    return min(class_size, max(1, int(math.floor(fraction * class_size + 0.5))))
+
+
+def select_labeled(labels, labeled_fraction, seed):
+    """Semi-supervised split: keeps ``labeled_fraction`` of each class labelled.
+
+    For each class ``c`` (ascending), :func:`per_class_count` of its images, drawn
+    without replacement by ``np.random.default_rng(seed)``, keep their label; the
+    others get label ``-1``.  Returns ``(new int32 labels, labelled boolean mask)``.
+    ``labeled_fraction == 1`` returns the labels unchanged.
+    """
+    fraction = check_labeled_fraction(labeled_fraction)
+    labels = np.asarray(labels).astype(np.int32)
+    if fraction == 1.0:
+        return labels.copy(), np.ones(labels.shape, bool)
+    rng = np.random.default_rng(check_seed(seed))
+    mask = np.zeros(labels.shape, bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep = rng.permutation(members)[: per_class_count(len(members), fraction)]
+        mask[keep] = True
+    return np.where(mask, labels, np.int32(-1)).astype(np.int32), mask
+
+
+def to_unit_float(image):
+    """uint8 ``[0, 255]`` to float32 ``[0, 1]``; float images pass through as float32."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    return tf.cast(image, tf.float32)
+
+
+def channel_stats(images):
+    """Per-channel mean and standard deviation of NHWC ``images`` on the [0, 1] scale.
+
+    uint8 images are counted exactly through a 256-bin histogram per channel (no
+    float copy of the data set); float images (already in [0, 1]) in float64.
+    Returns two float32 arrays of shape ``(channels,)``.
+    """
+    images = np.asarray(images)
+    channels = images.shape[-1]
+    mean = np.zeros(channels, np.float64)
+    std = np.zeros(channels, np.float64)
+    for c in range(channels):
+        if images.dtype == np.uint8:
+            counts = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+            values = np.arange(256, dtype=np.float64) / 255.0
+            total = counts.sum()
+            mean[c] = (counts * values).sum() / total
+            std[c] = math.sqrt((counts * (values - mean[c]) ** 2).sum() / total)
+        else:
+            plane = images[..., c].astype(np.float64)
+            mean[c], std[c] = plane.mean(), plane.std()
+    std = np.maximum(std, 1e-6)  # a constant channel must not divide by zero
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _options():
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _static_shape(images):
+    return tuple(int(d) for d in images.shape[1:])
+
+
+def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer=None):
+    """One shuffled, augmented, standardised epoch of ``(images, labels)`` per iteration.
+
+    ``images``: NHWC uint8 (or float in [0, 1]) array; ``labels``: int (``-1`` =
+    unlabelled).  ``augment_fn(image_in_[0,1], seed) -> image`` gets a shape-[2] seed.
+    ``shuffle_buffer`` defaults to the whole training set (a full shuffle of indices,
+    cheap).  Yields ``(float32 [b, H, W, C], int32 [b])``; see the module docstring
+    for how the stream is made deterministic.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
+    n = len(images)
+    if n == 0:
+        raise ValueError("train_dataset needs at least one image.")
+    buffer = n if shuffle_buffer is None else check_positive_int("shuffle_buffer", shuffle_buffer)
+    shape = _static_shape(images)
+    images_t = tf.constant(images)
+    labels_t = tf.constant(np.asarray(labels, np.int32))
+
+    def make_example(index, random_value):
+        element_seed = tf.stack([random_value, index])
+        image = to_unit_float(tf.gather(images_t, index))
+        image = augment_fn(image, element_seed)
+        image = augment.standardize(image, mean, std)
+        return tf.ensure_shape(image, shape), tf.gather(labels_t, index)
+
+    indices = tf.data.Dataset.range(n).shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    randoms = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+    dataset = (
+        tf.data.Dataset.zip((indices, randoms))
+        .map(make_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=False)
+        .prefetch(AUTOTUNE)
+    )
+    return dataset.with_options(_options())
+
+
+def eval_dataset(images, labels, batch_size, mean, std):
+    """``(images, labels)`` in stored order, standardised, no augmentation, batched."""
+    batch_size = check_positive_int("batch_size", batch_size)
+    shape = _static_shape(images)
+    images_t = tf.constant(images)
+    labels_t = tf.constant(np.asarray(labels, np.int32))
+
+    def make_example(index):
+        image = augment.standardize(to_unit_float(tf.gather(images_t, index)), mean, std)
+        return tf.ensure_shape(image, shape), tf.gather(labels_t, index)
+
+    dataset = (
+        tf.data.Dataset.range(len(images))
+        .map(make_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=False)
+        .prefetch(AUTOTUNE)
+    )
+    return dataset.with_options(_options())

@@ -1,0 +1,59 @@
+"""Converts the Market-1501 folders to sharded TFRecords (the original's input route).
+
+    python tools/convert_market1501.py --data_dir=.../Market-1501-v15.09.15 \
+        [--output_dir=.../Market-1501-v15.09.15/tfrecords] [--shard_size=2000]
+
+One set of shards per split (train = bounding_box_train, gallery = bounding_box_test,
+query, gt_bbox when present); each example holds the JPEG bytes unchanged
+(image/encoded), the ORIGINAL person id (image/label, -1 junk, 0 distractor),
+image/camera and image/filename. Shards are written to temporary files and renamed;
+the manifest market1501_tfrecords.json is written last, so an interrupted conversion
+is never read. Train with them via dml_tf.data.load("market1501", data_dir=...,
+source="tfrecords") (default location data_dir/tfrecords, else tfrecord_dir=...).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def _define(kind, name, default, help_text, **kwargs):
+    # Skip names another dml_tf module already defined in this process (e.g. --data_dir).
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
+
+
+_define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
+_define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
+_define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)
+_define("bool", "skip_unparsable", False, "Leave out .jpg files whose names do not parse instead of failing.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from dml_tf.data.market1501 import write_tfrecords
+    from dml_tf.errors import DataError
+
+    if not FLAGS.data_dir:
+        raise app.UsageError("--data_dir is required: the unzipped Market-1501-v15.09.15 folder.")
+    try:
+        manifest = write_tfrecords(
+            FLAGS.data_dir, FLAGS.output_dir, shard_size=FLAGS.shard_size, skip_unparsable=FLAGS.skip_unparsable
+        )
+    except DataError as error:
+        raise app.UsageError(str(error)) from error
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.data_dir, "tfrecords")
+    for split, info in manifest["splits"].items():
+        logging.info("%s: %d examples in %d shard(s)", split, info["num_examples"], len(info["shards"]))
+    print(f"Wrote Market-1501 TFRecords to {os.path.abspath(output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
