@@ -1,0 +1,104 @@
+r"""Trains a Deep Mutual Learning cohort from the command line.
+
+  python -m dml_tf.train --dataset=cifar100 --nets=mobilenet,resnet32 --model_dir=runs/x
+  python -m dml_tf.train --flagfile=flags/quickstart.flags
+
+Flags left unset take the paper's settings for the dataset (dml_tf/config.py).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from dml_tf import config as cfg  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("dataset", "digits", "digits (embedded, no download), cifar10, cifar100, "
+                    "market1501 or imagenet2012.")
+flags.DEFINE_string("data_dir", None, "Local copy of the dataset (archives or folders).")
+flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Comma list of networks; K = its length.")
+flags.DEFINE_string("model_dir", "runs/default", "Output folder (checkpoints, logs, results).")
+flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and data order, no "
+                  "mimicry); distill (last net learns from the frozen earlier ones, --teacher).")
+flags.DEFINE_list("teacher", [], "Saved teacher member files (.keras), one per teacher net.")
+flags.DEFINE_enum("update", "sequential", ["sequential", "simultaneous"],
+                  "Algorithm 1 (sequential) or the distributed variant of Sec. 4.5.")
+flags.DEFINE_enum("mimicry", "kl", ["kl", "js", "ensemble"],
+                  "kl (Eq. 10), js (Eq. 7) or ensemble (DML_e, Eq. 11).")
+flags.DEFINE_float("mimicry_weight", 1.0, "Weight of the mimicry term.")
+flags.DEFINE_enum("peer_reduction", "mean", ["mean", "sum"],
+                  "mean: 1/(K-1) as Eq. 10; sum: the original code.")
+flags.DEFINE_float("entropy_weight", 0.0, "Confidence penalty (Table 5 'Independent, Entropy').")
+flags.DEFINE_float("feature_l2_weight", 0.0, "L2 between members' features (Table 5 'DML, L2').")
+flags.DEFINE_float("label_smoothing", None, "Label smoothing (dataset default).")
+flags.DEFINE_float("weight_decay", None, "L2 weight decay (dataset default).")
+flags.DEFINE_integer("epochs", None, "Training epochs (dataset default).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: one pass).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (dataset default).")
+flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and initialisation.")
+flags.DEFINE_enum("optimizer", None, list(cfg.OPTIMIZERS), "Optimizer (dataset default).")
+flags.DEFINE_float("learning_rate", None, "Initial learning rate (dataset default).")
+flags.DEFINE_float("momentum", None, "SGD momentum.")
+flags.DEFINE_boolean("nesterov", None, "SGD Nesterov momentum.")
+flags.DEFINE_float("beta1", None, "Adam beta1.")
+flags.DEFINE_float("beta2", None, "Adam beta2.")
+flags.DEFINE_float("adam_epsilon", None, "Adam epsilon.")
+flags.DEFINE_float("rmsprop_decay", None, "RMSProp decay (rho).")
+flags.DEFINE_enum("lr_schedule", None, list(cfg.LR_SCHEDULES),
+                  "constant; step (x lr_decay_rate at lr_decay_epochs); exponential "
+                  "(x lr_decay_rate every lr_decay_every epochs).")
+flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which a step schedule decays.")
+flags.DEFINE_float("lr_decay_rate", None, "Decay factor of the schedule.")
+flags.DEFINE_integer("lr_decay_every", None, "Epochs between exponential decays.")
+flags.DEFINE_float("ema_decay", 0.0, "Weight moving average used at the end (0: off).")
+flags.DEFINE_list("image_size", None, "H,W network input (Market-1501, ImageNet).")
+flags.DEFINE_string("pretrained", None, "'imagenet' or a weights file for the members.")
+flags.DEFINE_float("labeled_fraction", 1.0, "Fraction of training images labelled (CIFAR).")
+flags.DEFINE_integer("labeled_ids", None, "Labelled identities (Market-1501).")
+flags.DEFINE_enum("semi", "all", list(cfg.SEMI),
+                  "all: mimicry on all data (DML-all); labelled: labelled data only.")
+flags.DEFINE_enum("strategy", "default", list(cfg.STRATEGIES), "tf.distribute strategy.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum("mixed_precision", "float32", list(cfg.PRECISIONS), "Keras dtype policy.")
+flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --model_dir.")
+flags.DEFINE_integer("verbose", None, "Keras verbosity (default: bar on a terminal, else a line "
+                     "per epoch).")
+
+
+def config_from_flags():
+    """A TrainConfig from the parsed flags."""
+    values = {}
+    for field in cfg.TrainConfig.__dataclass_fields__:
+        values[field] = FLAGS[field].value
+    for key in ("lr_decay_epochs", "image_size"):
+        if values[key] is not None:
+            try:
+                values[key] = [int(v) for v in values[key]]
+            except ValueError:
+                raise app.UsageError(f"--{key} must be comma-separated integers; "
+                                     f"got {','.join(values[key])}.") from None
+    return cfg.TrainConfig(**values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from dml_tf import runner
+    from dml_tf.errors import DMLError
+
+    config = config_from_flags()
+    try:
+        runner.run(config)
+    except (cfg.ConfigError, DMLError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
