@@ -25,6 +25,7 @@ from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError
+from dml_tf.distribute import make_strategy
 from dml_tf.io_utils import atomic_write_json
 from dml_tf.schedules import make_optimizer
 
@@ -55,19 +56,6 @@ def prepare_model_dir(config):
             )
         os.remove(finished)
         shutil.rmtree(os.path.join(model_dir, "backup"), ignore_errors=True)
-
-
-def make_strategy(name):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    return tf.distribute.get_strategy()
 
 
 def load_data(config):
