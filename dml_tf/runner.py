@@ -111,12 +111,22 @@ def resumed_epoch(backup_dir):
         return int(json.load(f).get("epoch", 0))  # epochs completed
 
 
-def skip_epochs(dataset, epochs):
-    """Advances the per-epoch shuffle and augmentation streams of ``dataset`` by
-    ``epochs`` iterations, so a resumed run sees the batches an uninterrupted run
-    would have seen (the pipelines reshuffle per iterator; dml_tf/data/pipeline.py)."""
-    for _ in range(epochs):
-        iter(dataset)
+def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
+    """One long-lived stream of training batches for ``fit(steps_per_epoch=...)``.
+
+    ``train`` reshuffles and re-draws its augmentation at every pass
+    (dml_tf/data/pipeline.py), so pass p is a fixed function of the seed and p.
+    A resumed run first advances the stream past the batches already consumed
+    (whole passes by opening and dropping an iterator, which costs nothing), so
+    it sees exactly the batches an uninterrupted run would have seen.
+    """
+    consumed = initial_epoch * steps_per_epoch
+    for _ in range(consumed // batches_per_pass):
+        iter(train)
+    stream = train.repeat()
+    if consumed % batches_per_pass:
+        stream = stream.skip(consumed % batches_per_pass)
+    return stream
 
 
 def run(config, log=print, callbacks=()):
@@ -130,12 +140,13 @@ def run(config, log=print, callbacks=()):
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     bundle = load_data(config)
-    train = bundle.train
+    train, train_count = bundle.train, bundle.train_size
     if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):
         train = labelled_only(train, config.batch_size)
-    steps_per_epoch = config.steps_per_epoch or math.ceil(bundle.train_size / config.batch_size)
-    if config.steps_per_epoch:
-        train = train.repeat()
+        train_count = bundle.extras.get("labeled_count") or sum(
+            int(y.shape[0]) for _, y in train)
+    batches_per_pass = math.ceil(train_count / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch or batches_per_pass
 
     with strategy.scope():
         members = build_members(config, bundle)
@@ -153,8 +164,7 @@ def run(config, log=print, callbacks=()):
     initial_epoch = resumed_epoch(backup_dir)
     if initial_epoch:
         log(f"Resuming from the checkpoint of epoch {initial_epoch} in {backup_dir}.")
-        if not config.steps_per_epoch:
-            skip_epochs(train, initial_epoch)
+    stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
     callbacks = [
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
@@ -162,12 +172,11 @@ def run(config, log=print, callbacks=()):
     ]
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     log(f"Training {len(members)} member(s) {', '.join(m.name for m in members)} on "
-        f"{config.dataset} ({bundle.train_size} images, {steps_per_epoch} steps/epoch), "
+        f"{config.dataset} ({train_count} images, {steps_per_epoch} steps/epoch), "
         f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}.")
     start = time.time()
-    history = cohort.fit(train, epochs=config.epochs, steps_per_epoch=(
-        steps_per_epoch if config.steps_per_epoch else None),
-        validation_data=bundle.test, callbacks=callbacks, verbose=verbose)
+    history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                         validation_data=bundle.test, callbacks=callbacks, verbose=verbose)
     wall_time = time.time() - start
 
     test = {}

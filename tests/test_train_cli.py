@@ -1,0 +1,182 @@
+"""python -m dml_tf.train end to end: outputs, resume, modes, flagfiles, bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import app, flags
+
+from dml_tf import config as cfg
+from dml_tf import runner, train
+from helpers_data import write_cifar_archive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cifar")
+    write_cifar_archive(str(directory), name="cifar100", n_train=40, n_test=20, seed=0)
+    return str(directory)
+
+
+def tiny_config(model_dir, data_dir, **overrides):
+    values = dict(dataset="cifar100", data_dir=data_dir, nets=("tiny_cnn", "tiny_cnn"),
+                  model_dir=str(model_dir), epochs=1, batch_size=16, verbose=0)
+    values.update(overrides)
+    return cfg.TrainConfig(**values)
+
+
+def run_cli(args):
+    """Parses ``args`` as the command line and runs dml_tf.train's main in-process."""
+    FLAGS.unparse_flags()
+    argv = FLAGS(["dml_tf.train"] + list(args))
+    try:
+        return train.main(argv)
+    finally:
+        FLAGS.unparse_flags()
+
+
+def test_cli_trains_and_writes_results(cifar_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    run_cli([f"--data_dir={cifar_dir}", "--dataset=cifar100", "--nets=tiny_cnn,tiny_cnn",
+             "--epochs=2", "--batch_size=16", f"--model_dir={model_dir}", "--verbose=0"])
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["config"]["nets"] == ["tiny_cnn", "tiny_cnn"]
+    assert results["config"]["optimizer"] == "sgd" and results["config"]["nesterov"] is True
+    assert results["config"]["lr_decay_epochs"] == [60, 120, 180]
+    assert results["dataset"] == {"name": "cifar100", "num_classes": 100, "train_size": 40,
+                                  "test_size": 20}
+    assert len(results["history"]["loss_0"]) == 2 and "val_ensemble_accuracy" in results["history"]
+    assert 0 <= results["ensemble_test_accuracy"] <= 1
+    for k, entry in enumerate(results["members"]):
+        member = keras.models.load_model(model_dir / entry["file"])
+        assert member.output_shape == (None, 100)
+        assert entry["test_accuracy"] == results["test"][f"accuracy_{k}"]
+    assert glob.glob(str(model_dir / "logs" / "train" / "events*"))
+    assert not glob.glob(str(model_dir / ".tmp*"))
+
+
+def test_resume_after_interruption_reaches_the_same_state(cifar_dir, tmp_path):
+    # A step schedule that decays after epoch 2 checks the restored learning rate too.
+    common = dict(epochs=4, lr_schedule="step", lr_decay_epochs=(2,), learning_rate=0.05)
+    reference = runner.run(tiny_config(tmp_path / "ref", cifar_dir, **common), log=lambda s: None)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path / "resumed", cifar_dir, **common)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, log=lambda s: None, callbacks=[Interrupt()])
+    assert not (tmp_path / "resumed" / "results.json").exists()  # nothing passes as a result
+    messages = []
+    resumed = runner.run(config, log=messages.append)
+    assert any("Resuming from the checkpoint of epoch 3" in m for m in messages)
+    assert resumed["epochs_run_this_session"] == 1
+    np.testing.assert_allclose(resumed["history"]["loss_0"], reference["history"]["loss_0"][3:],
+                               rtol=1e-5)
+    for k in range(2):
+        a = keras.models.load_model(tmp_path / "ref" / f"member_{k}.keras")
+        b = keras.models.load_model(tmp_path / "resumed" / f"member_{k}.keras")
+        for wa, wb in zip(a.weights, b.weights):
+            np.testing.assert_allclose(wa.numpy(), wb.numpy(), atol=1e-6)
+
+
+def test_independent_and_distill_modes(cifar_dir, tmp_path):
+    independent = runner.run(tiny_config(tmp_path / "ind", cifar_dir, mode="independent"),
+                             log=lambda s: None)
+    assert independent["history"]["mimicry_0"][0] > 0  # logged, but not minimised
+    assert independent["config"]["mode"] == "independent"
+    teacher_file = str(tmp_path / "ind" / "member_0.keras")
+    distilled = runner.run(tiny_config(tmp_path / "distill", cifar_dir, mode="distill",
+                                       teacher=(teacher_file,)), log=lambda s: None)
+    assert [m["trainable"] for m in distilled["members"]] == [False, True]
+    teacher = keras.models.load_model(teacher_file)
+    saved_teacher = keras.models.load_model(tmp_path / "distill" / "member_0.keras")
+    for a, b in zip(teacher.weights, saved_teacher.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # the teacher never moved
+
+
+def test_semi_supervised_labelled_only(cifar_dir, tmp_path):
+    results = runner.run(tiny_config(tmp_path / "semi", cifar_dir, labeled_fraction=0.5,
+                                     semi="labelled", nets=("tiny_cnn",)), log=lambda s: None)
+    assert results["config"]["labeled_fraction"] == 0.5
+    assert len(results["history"]["ce_0"]) == 1
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "flags", "*.flags"))))
+def test_every_flagfile_parses_and_resolves(path):
+    FLAGS.unparse_flags()
+    try:
+        FLAGS(["dml_tf.train", f"--flagfile={path}"])
+        config = train.config_from_flags()
+        if config.mode == "distill":
+            assert config.teacher, path
+        resolved = config.resolved()
+    finally:
+        FLAGS.unparse_flags()
+    assert resolved.nets and resolved.epochs > 0 and resolved.model_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset=mnist"], "Unknown dataset 'mnist'"),
+    (["--nets=resnet33"], "resnet33"),
+    (["--nets="], "--nets must name at least one network"),
+    (["--batch_size=0"], "--batch_size must be positive"),
+    (["--epochs=-1"], "--epochs must be positive"),
+    (["--labeled_fraction=1.5"], "--labeled_fraction must be in (0, 1]"),
+    (["--mode=distill", "--nets=tiny_cnn,tiny_cnn"], "one --teacher file per teacher net"),
+    (["--lr_decay_epochs=a,b"], "--lr_decay_epochs must be comma-separated integers"),
+])
+def test_bad_flags_give_a_usage_error(args, message, tmp_path):
+    with pytest.raises(app.UsageError) as error:
+        run_cli(["--nets=tiny_cnn", f"--model_dir={tmp_path / 'bad'}", "--epochs=1"] + args)
+    assert message in str(error.value)
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_bad_data_and_model_dirs(cifar_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(app.UsageError, match="cifar-100-python"):
+        run_cli(["--dataset=cifar100", f"--data_dir={empty}", "--nets=tiny_cnn",
+                 f"--model_dir={tmp_path / 'a'}"])
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b\x08not really a gzip archive")
+    with pytest.raises(app.UsageError, match="cifar-100-python.tar.gz"):
+        run_cli(["--dataset=cifar100", f"--data_dir={corrupt}", "--nets=tiny_cnn",
+                 f"--model_dir={tmp_path / 'b'}"])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(app.UsageError, match="is not writable"):
+        run_cli(["--nets=tiny_cnn", f"--model_dir={blocker / 'run'}"])
+    assert not (tmp_path / "a" / "results.json").exists()
+    assert not (tmp_path / "b" / "results.json").exists()
+
+
+def test_finished_run_is_not_overwritten(cifar_dir, tmp_path):
+    model_dir = tmp_path / "done"
+    model_dir.mkdir()
+    (model_dir / "results.json").write_text("{}")
+    with pytest.raises(app.UsageError, match="already holds a finished run"):
+        run_cli(["--nets=tiny_cnn", f"--model_dir={model_dir}"])
+    assert (model_dir / "results.json").read_text() == "{}"
+
+
+def test_command_line_error_is_one_line_and_nonzero(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-m", "dml_tf.train", "--nets=resnet33", f"--model_dir={tmp_path}/x"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore"))
+    assert process.returncode != 0
+    assert "Unknown network 'resnet33'" in process.stderr or "resnet33" in process.stderr
+    assert "Traceback" not in process.stderr
