@@ -176,7 +176,8 @@ def run(config, log=print, callbacks=()):
         f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}.")
     start = time.time()
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                         validation_data=bundle.test, callbacks=callbacks, verbose=verbose)
+                         validation_data=bundle.test, callbacks=callbacks, verbose=verbose,
+                         shuffle=False)  # the pipeline shuffles, seeded
     wall_time = time.time() - start
 
     test = {}

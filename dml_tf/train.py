@@ -7,8 +7,11 @@ Flags left unset take the paper's settings for the dataset (dml_tf/config.py).
 """
 
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keras 3 with NumPy 2 warns about __array__(copy=...) from inside Keras itself.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\..*")
 
 from absl import app, flags  # noqa: E402
 
