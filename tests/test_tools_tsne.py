@@ -1,0 +1,72 @@
+"""tools/tsne.py on a fabricated run of untrained tiny_cnn members (digits test split)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = ("posterior_stats", "noise_robustness", "report", "cohort_size", "semi_supervised", "tsne")
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from test_tools_analysis import write_fake_run
+
+    path = str(tmp_path_factory.mktemp("runs") / "dml")
+    write_fake_run(path, "dml", [1, 2])
+    return path
+
+
+def test_tsne_coordinates_and_plot(run_dir, tmp_path):
+    import keras
+
+    from dml_tf.data import digits
+
+    tool = load_tool("tsne")
+    data = tool.compute(run_dir, str(tmp_path), limit=30, perplexity=5, log=lambda s: None)
+    written = json.loads((tmp_path / "tsne.json").read_text())
+    assert (tmp_path / "tsne.png").stat().st_size > 1000
+    assert written["num_images"] == 30 and [e["member"] for e in written["embeddings"]] == [0, 1]
+    test_labels = digits.load_arrays()["test_labels"][:30]
+    for e in written["embeddings"]:
+        xy = np.asarray(e["coordinates"])
+        assert xy.shape == (30, 2) and np.isfinite(xy).all() and xy.std(axis=0).min() > 0
+        assert e["labels"] == test_labels.tolist() and e["feature_dim"] == 32
+    # Same seed, same embedding; another member gives another one.
+    again = tool.compute(run_dir, str(tmp_path / "again"), members="1", limit=30, perplexity=5, log=lambda s: None)
+    assert [e["member"] for e in again["embeddings"]] == [1]
+    np.testing.assert_allclose(again["embeddings"][0]["coordinates"], data["embeddings"][1]["coordinates"],
+                               atol=1e-4)
+
+
+def test_tsne_usage_errors(run_dir, tmp_path):
+    from absl import app
+
+    tool = load_tool("tsne")
+    with pytest.raises(app.UsageError, match="--perplexity"):
+        tool.compute(run_dir, str(tmp_path), limit=30, perplexity=30)
+    with pytest.raises(app.UsageError, match="--members"):
+        tool.compute(run_dir, str(tmp_path), members="7", limit=30, perplexity=5)
+
+
+def test_every_tool_has_help():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    for name in TOOLS:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), "--helpshort"],
+                              capture_output=True, text=True, env=env, cwd="/", timeout=120)
+        assert proc.returncode in (0, 1), proc.stderr  # absl exits 1 after printing help
+        assert "Traceback" not in proc.stderr, proc.stderr
+        flag = "--runs_dir" if name == "report" else "--output_dir"
+        assert flag in proc.stdout and "Writes" in proc.stdout, (name, proc.stdout)

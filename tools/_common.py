@@ -1,0 +1,191 @@
+"""Helpers shared by the study tools (posterior_stats, noise_robustness, report, ...).
+
+Every tool is an absl app whose work lives in a plain function (tests call it
+directly); this module holds the flag-definition guard, argument checks that raise
+``app.UsageError``, the run-folder reading and the atomic JSON/PNG output.
+"""
+
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define(kind, name, default, *args, **kwargs):
+    """``flags.DEFINE_{kind}(name, default, *args)`` unless ``name`` is already defined."""
+    if name not in FLAGS:
+        # Registered as the main script's flags, so --help / --helpshort list them.
+        kwargs.setdefault("module_name", sys.argv[0])
+        getattr(flags, f"DEFINE_{kind}")(name, default, *args, **kwargs)
+
+
+def split_list(value, name):
+    """A comma list flag value (list or string) as a list of non-empty strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    items = [str(v).strip() for v in value if str(v).strip()]
+    return items
+
+
+def parse_floats(value, name, minimum=None):
+    items = split_list(value, name)
+    if not items:
+        raise app.UsageError(f"--{name} must list at least one number.")
+    out = []
+    for item in items:
+        try:
+            number = float(item)
+        except ValueError:
+            raise app.UsageError(f"--{name}: {item!r} is not a number.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise app.UsageError(f"--{name}: {item!r} is not finite.")
+        if minimum is not None and number < minimum:
+            raise app.UsageError(f"--{name}: {item!r} must be >= {minimum}.")
+        out.append(number)
+    return out
+
+
+def parse_ints(value, name, minimum=None):
+    out = []
+    for item in split_list(value, name):
+        try:
+            number = int(item)
+        except ValueError:
+            raise app.UsageError(f"--{name}: {item!r} is not an integer.") from None
+        if minimum is not None and number < minimum:
+            raise app.UsageError(f"--{name}: {item!r} must be >= {minimum}.")
+        out.append(number)
+    if not out:
+        raise app.UsageError(f"--{name} must list at least one integer.")
+    return out
+
+
+def need_output_dir(output_dir):
+    if not output_dir:
+        raise app.UsageError("--output_dir is required.")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise app.UsageError(f"--output_dir={output_dir} cannot be created ({e.strerror}).") from None
+    return output_dir
+
+
+def read_runs(runs):
+    """``[(run_dir, results, members)]`` for the ``--runs`` folders; UsageError when bad."""
+    from dml_tf import analysis
+
+    runs = split_list(runs, "runs")
+    if not runs:
+        raise app.UsageError("--runs must list at least one run folder written by dml_tf.train.")
+    out = []
+    for run_dir in runs:
+        try:
+            results, members = analysis.read_run(run_dir)
+        except ValueError as e:
+            raise app.UsageError(f"--runs: {e}") from None
+        out.append((run_dir, results, members))
+    return out
+
+
+def run_label(run_dir, config):
+    mode = config.get("mode", "?")
+    if mode == "dml" and config.get("mimicry") == "ensemble":
+        mode = "dml_e"
+    return f"{os.path.basename(os.path.normpath(run_dir))} ({mode})"
+
+
+def run_data(config, split, batch_size=None, data_dir=None, limit=None):
+    """The unaugmented ``split`` of the run's dataset; UsageError for an unsupported one."""
+    from dml_tf import analysis
+
+    dataset = config.get("dataset")
+    if dataset not in analysis.CLASSIFICATION_DATASETS:
+        raise app.UsageError(
+            f"Dataset {dataset!r} of the run is not supported here: these statistics need a "
+            f"classification split ({', '.join(analysis.CLASSIFICATION_DATASETS)}).")
+    return analysis.unaugmented_dataset(
+        dataset, split=split, data_dir=data_dir or config.get("data_dir"),
+        batch_size=batch_size or config.get("batch_size") or 64, limit=limit)
+
+
+def write_outputs(output_dir, stem, payload, figure):
+    """Writes ``stem.json`` and ``stem.png`` atomically; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    from dml_tf.io_utils import atomic_savefig, atomic_write_json
+
+    json_path = os.path.join(output_dir, f"{stem}.json")
+    png_path = os.path.join(output_dir, f"{stem}.png")
+    atomic_write_json(json_path, payload)
+    figure.tight_layout()
+    atomic_savefig(figure, png_path, dpi=110)
+    plt.close(figure)
+    return json_path, png_path
+
+
+def figure(ncols=1, width=5.0, height=4.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def train_or_reuse(config, log=print):
+    """``dml_tf.runner.run(config)`` unless ``config.model_dir`` already holds a finished
+    run (results.json), which is read instead: a sweep started again resumes."""
+    import json
+
+    from dml_tf import runner
+    from dml_tf.config import ConfigError
+
+    path = os.path.join(config.model_dir, runner.RESULTS_FILE)
+    if os.path.isfile(path):
+        log(f"[skip] {config.model_dir} is finished; reusing its results.json")
+        with open(path) as f:
+            return json.load(f)
+    log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
+        f"mimicry={config.mimicry}, seed={config.seed}")
+    try:
+        return runner.run(config, log=log)
+    except ConfigError as e:
+        raise app.UsageError(str(e)) from None
+
+
+def member_accuracies(results):
+    """Test top-1 accuracy of each member (fractions) of a runner results dict."""
+    test = results.get("test") or {}
+    out = []
+    for k, m in enumerate(results.get("members") or []):
+        acc = m.get("test_accuracy")
+        out.append(float(acc if acc is not None else test.get(f"accuracy_{k}")))
+    return out
+
+
+def market_scores(model_dir, data_dir=None, batch_size=64, log=print):
+    """``(member mAPs, ensemble mAP)`` (single query, fractions) of a Market-1501 run:
+    its eval.json, or ``dml_tf.evaluate.evaluate_run`` when there is none yet."""
+    import json
+
+    path = os.path.join(model_dir, "eval.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            ev = json.load(f)
+    else:
+        from dml_tf.evaluate import evaluate_run
+
+        log(f"[eval] {model_dir}: Market-1501 re-id evaluation")
+        ev = evaluate_run(model_dir, data_dir=data_dir, batch_size=batch_size, verbose=0)
+    members = [float(m["single_query"]["mAP"]) for m in ev["members"] if m.get("trainable", True)]
+    return members, float(ev["ensemble"]["single_query"]["mAP"])

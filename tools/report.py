@@ -1,0 +1,265 @@
+r"""Our numbers next to the paper's: a Markdown table of finished runs (Tables 2-5).
+
+    python tools/report.py --runs_dir=runs --output=report.md
+
+Every folder under ``--runs_dir`` (at any depth) holding a ``results.json`` written by
+``python -m dml_tf.train`` is one run. Its ``config`` (dataset, nets, mode, pretrained,
+entropy_weight, feature_l2_weight) picks the paper cell(s) it reproduces:
+
+* Table 2 (CIFAR-10/100 top-1): a dml run of two of resnet32 / mobilenet / wrn_28_10
+  (the pair in the paper's order or swapped); an independent run of any of these nets
+  (the paper's independent number depends only on the net);
+* Table 3 (Market-1501, mobilenet x2, average of the members, SQ/MQ mAP and rank-1,
+  with and without ImageNet pretraining) and Table 4/5: these need the run's
+  ``eval.json`` from ``python -m dml_tf.evaluate``;
+* Table 4: distill runs (the student = last net) on CIFAR-100 (top-1) and Market (mAP);
+  Market dml/independent per-member mAP of inception_v1+mobilenet and mobilenet x2;
+* Table 5: independent + entropy_weight > 0 ("Independent, Entropy"), dml +
+  feature_l2_weight > 0 ("DML, L2"), mobilenet x2 on Market-1501, no pretraining.
+
+Our values are in % (results.json and eval.json store fractions); ``diff`` = ours - paper.
+Runs with no paper counterpart are listed after the table. Writes ``--output`` (Markdown)
+plus ``.json`` (the rows) and ``.png`` (ours vs paper scatter) beside it, atomically.
+The paper's numbers are transcribed below from shared/REFERENCE.md (Tables 2-5).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+from absl import app  # noqa: E402
+
+SOURCE = ("Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018, Tables 2-5 "
+          "(transcribed from shared/REFERENCE.md)")
+
+# Table 2: top-1 (%) of independent nets (depends only on the net) and of DML pairs.
+TABLE2_INDEPENDENT = {
+    "cifar10": {"resnet32": 92.47, "wrn_28_10": 95.01, "mobilenet": 93.59},
+    "cifar100": {"resnet32": 68.99, "wrn_28_10": 78.69, "mobilenet": 73.65},
+}
+TABLE2_DML = {  # (net1, net2) -> dataset -> (net1, net2) top-1 %
+    ("resnet32", "resnet32"): {"cifar10": (92.68, 92.80), "cifar100": (71.19, 70.75)},
+    ("wrn_28_10", "resnet32"): {"cifar10": (95.75, 93.18), "cifar100": (78.96, 70.73)},
+    ("mobilenet", "resnet32"): {"cifar10": (94.24, 93.32), "cifar100": (76.13, 71.10)},
+    ("mobilenet", "mobilenet"): {"cifar10": (94.10, 94.30), "cifar100": (76.21, 76.10)},
+    ("wrn_28_10", "mobilenet"): {"cifar10": (95.73, 94.37), "cifar100": (80.28, 77.39)},
+    ("wrn_28_10", "wrn_28_10"): {"cifar10": (95.66, 95.63), "cifar100": (80.28, 80.08)},
+}
+# Table 3: Market-1501, mobilenet x2, mean of the members: SQ mAP, SQ R1, MQ mAP, MQ R1.
+TABLE3 = {  # (mode, imagenet pretrained)
+    ("independent", False): (50.15, 76.87, 60.16, 84.06),
+    ("dml", False): (54.71, 79.12, 64.10, 85.63),
+    ("independent", True): (65.06, 85.01, 74.53, 90.59),
+    ("dml", True): (70.51, 89.34, 78.95, 92.81),
+}
+# Table 4: distilled student (net 2 from frozen net 1) and per-member ind./DML values.
+TABLE4_DISTILL = {  # (dataset, teacher, student) -> (metric, value)
+    ("cifar100", "wrn_28_10", "resnet32"): ("top-1", 69.48),
+    ("cifar100", "mobilenet", "resnet32"): ("top-1", 69.12),
+    ("market1501", "inception_v1", "mobilenet"): ("SQ mAP", 52.30),
+    ("market1501", "mobilenet", "mobilenet"): ("SQ mAP", 50.07),
+}
+TABLE4_MARKET = {  # (net1, net2) -> mode -> per-member SQ mAP
+    ("inception_v1", "mobilenet"): {"independent": (63.91, 50.15), "dml": (64.42, 58.47)},
+    ("mobilenet", "mobilenet"): {"independent": (50.15, 49.87), "dml": (55.28, 54.13)},
+}
+# Table 5: Market-1501, mobilenet x2 (no pretraining), SQ mAP and R1.
+TABLE5 = {"independent+entropy": (50.94, 76.34), "dml+l2": (51.01, 77.58)}
+
+TABLE3_METRICS = (("single_query", "mAP", "SQ mAP"), ("single_query", "rank1", "SQ R1"),
+                  ("multi_query", "mAP", "MQ mAP"), ("multi_query", "rank1", "MQ R1"))
+
+
+def define_flags():
+    _common.define("string", "runs_dir", None, "Folder holding finished runs (any depth).")
+    _common.define("string", "output", None, "Markdown file to write (plus .json/.png beside it).")
+
+
+def find_runs(runs_dir):
+    """Sorted folders under ``runs_dir`` (itself included) holding a results.json."""
+    found = []
+    for root, dirs, files in os.walk(runs_dir):
+        dirs[:] = sorted(d for d in dirs if d not in ("backup", "logs"))
+        if "results.json" in files:
+            found.append(root)
+    return sorted(found)
+
+
+def _pct(x):
+    return None if x is None else 100.0 * float(x)
+
+
+def _member_accuracy(results, k):
+    members = results.get("members") or []
+    if k < len(members) and members[k].get("test_accuracy") is not None:
+        return _pct(members[k]["test_accuracy"])
+    return _pct((results.get("test") or {}).get(f"accuracy_{k}"))
+
+
+def _get(d, *keys):
+    for key in keys:
+        if not isinstance(d, dict) or d.get(key) is None:
+            return None
+        d = d[key]
+    return d
+
+
+def match_run(run_dir, results, eval_results=None):
+    """Rows ``{"table", "setting", "metric", "ours", "paper"}`` of one run (may be empty)."""
+    config = results.get("config") or {}
+    dataset, mode = config.get("dataset"), config.get("mode")
+    nets = tuple(config.get("nets") or ())
+    entropy = float(config.get("entropy_weight") or 0)
+    l2 = float(config.get("feature_l2_weight") or 0)
+    plain = entropy == 0 and l2 == 0 and config.get("mimicry", "kl") in ("kl", "js")
+    pretrained = bool(config.get("pretrained"))
+    semi = float(config.get("labeled_fraction") or 1.0) < 1 or config.get("labeled_ids")
+    rows = []
+
+    def add(table, setting, metric, ours, paper):
+        rows.append({"table": table, "setting": setting, "metric": metric, "ours": ours, "paper": paper})
+
+    if semi:
+        return rows
+    if dataset in TABLE2_INDEPENDENT and plain:
+        if mode == "independent" and all(n in TABLE2_INDEPENDENT[dataset] for n in nets):
+            for k, net in enumerate(nets):
+                add("2", f"{dataset} independent", f"net{k + 1} {net} top-1",
+                    _member_accuracy(results, k), TABLE2_INDEPENDENT[dataset][net])
+        elif mode == "dml" and len(nets) == 2:
+            order = (0, 1) if nets in TABLE2_DML else (1, 0)
+            key = tuple(nets[i] for i in order)
+            if key in TABLE2_DML:
+                paper = TABLE2_DML[key][dataset]
+                for k, net in enumerate(nets):
+                    add("2", f"{dataset} DML {nets[0]}+{nets[1]}", f"net{k + 1} {net} top-1",
+                        _member_accuracy(results, k), paper[order.index(k)])
+    if mode == "distill" and len(nets) == 2 and (dataset, *nets) in TABLE4_DISTILL:
+        metric, paper = TABLE4_DISTILL[(dataset, *nets)]
+        if dataset == "market1501":
+            student = [m for m in (eval_results or {}).get("members") or [] if m.get("index") == 1]
+            ours = _pct(_get(student[0], "single_query", "mAP")) if student else None
+        else:
+            ours = _member_accuracy(results, 1)
+        add("4", f"{dataset} distill {nets[0]} -> {nets[1]}", f"student {nets[1]} {metric}", ours, paper)
+    if dataset == "market1501" and mode in ("dml", "independent"):
+        market_nets = nets == ("mobilenet", "mobilenet")
+        if market_nets and plain:
+            for (protocol, key, name), paper in zip(TABLE3_METRICS, TABLE3[(mode, pretrained)]):
+                add("3", f"market1501 {mode} mobilenet x2, pretrain {'yes' if pretrained else 'no'}",
+                    f"mean {name}", _pct(_get(eval_results, "mean", protocol, key)), paper)
+        if nets in TABLE4_MARKET and plain and not pretrained:
+            members = (eval_results or {}).get("members") or []
+            for k, paper in enumerate(TABLE4_MARKET[nets][mode]):
+                entry = [m for m in members if m.get("index") == k]
+                add("4", f"market1501 {mode} {nets[0]}+{nets[1]}", f"net{k + 1} {nets[k]} SQ mAP",
+                    _pct(_get(entry[0], "single_query", "mAP")) if entry else None, paper)
+        variant = ("independent+entropy" if mode == "independent" and entropy > 0 and l2 == 0 else
+                   "dml+l2" if mode == "dml" and l2 > 0 and entropy == 0 else None)
+        if market_nets and variant and not pretrained:
+            for (protocol, key, name), paper in zip(TABLE3_METRICS[:2], TABLE5[variant]):
+                add("5", f"market1501 {variant} mobilenet x2", f"mean {name}",
+                    _pct(_get(eval_results, "mean", protocol, key)), paper)
+    return rows
+
+
+def _fmt(x, signed=False):
+    if x is None:
+        return "—"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def build(runs_dir):
+    """``(matched rows, unmatched runs)`` for every run under ``runs_dir``."""
+    rows, unmatched = [], []
+    for run_dir in find_runs(runs_dir):
+        with open(os.path.join(run_dir, "results.json")) as f:
+            try:
+                results = json.load(f)
+            except json.JSONDecodeError as e:
+                raise app.UsageError(f"{run_dir}/results.json is not valid JSON ({e}).") from None
+        eval_results = None
+        eval_path = os.path.join(run_dir, "eval.json")
+        if os.path.isfile(eval_path):
+            with open(eval_path) as f:
+                eval_results = json.load(f)
+        name = os.path.relpath(run_dir, runs_dir)
+        matched = match_run(run_dir, results, eval_results)
+        for row in matched:
+            row["run"] = name
+            row["diff"] = (None if row["ours"] is None or row["paper"] is None
+                           else row["ours"] - row["paper"])
+        rows.extend(matched)
+        if not matched:
+            config = results.get("config") or {}
+            accs = [_member_accuracy(results, k) for k in range(len(results.get("members") or []))]
+            unmatched.append({"run": name, "dataset": config.get("dataset"), "mode": config.get("mode"),
+                              "nets": list(config.get("nets") or []), "member_top1": accs,
+                              "ensemble_top1": _pct(results.get("ensemble_test_accuracy"))})
+    rows.sort(key=lambda r: (r["table"], r["setting"], r["run"], r["metric"]))
+    return rows, unmatched
+
+
+def to_markdown(rows, unmatched):
+    lines = [f"Paper numbers: {SOURCE}. Values in %; diff = ours - paper.", "",
+             "| Table | Setting | Run | Metric | Ours | Paper | Diff |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['table']} | {r['setting']} | {r['run']} | {r['metric']} | "
+                     f"{_fmt(r['ours'])} | {_fmt(r['paper'])} | {_fmt(r['diff'], True)} |")
+    if not rows:
+        lines.append("| — | no run matches a paper setting | | | | | |")
+    if unmatched:
+        lines += ["", "Runs without a counterpart in the paper:", "",
+                  "| Run | Dataset | Mode | Nets | Member top-1 | Ensemble top-1 |", "|---|---|---|---|---|---:|"]
+        for u in unmatched:
+            lines.append(f"| {u['run']} | {u['dataset']} | {u['mode']} | {','.join(u['nets'])} | "
+                         f"{' / '.join(_fmt(a) for a in u['member_top1'])} | {_fmt(u['ensemble_top1'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def compute(runs_dir, output=None, log=print):
+    """Builds the report; writes ``output`` (+ .json/.png) when given; returns the Markdown."""
+    from dml_tf.io_utils import atomic_write_bytes
+
+    if not runs_dir:
+        raise app.UsageError("--runs_dir is required: a folder of finished dml_tf.train runs.")
+    if not os.path.isdir(runs_dir):
+        raise app.UsageError(f"--runs_dir={runs_dir} does not exist.")
+    if not find_runs(runs_dir):
+        raise app.UsageError(f"No results.json under --runs_dir={runs_dir}: no finished run.")
+    rows, unmatched = build(runs_dir)
+    text = to_markdown(rows, unmatched)
+    log(text)
+    if output:
+        stem = os.path.splitext(output)[0]
+        atomic_write_bytes(output, text.encode("utf-8"))
+        fig, (ax,) = _common.figure(1)
+        pts = [r for r in rows if r["ours"] is not None]
+        for i, table in enumerate(sorted({r["table"] for r in pts})):
+            sel = [r for r in pts if r["table"] == table]
+            ax.scatter([r["paper"] for r in sel], [r["ours"] for r in sel], color=f"C{i}", label=f"Table {table}")
+        if pts:
+            lo = min(min(r["paper"], r["ours"]) for r in pts) - 1
+            hi = max(max(r["paper"], r["ours"]) for r in pts) + 1
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.legend(fontsize=7)
+        ax.set(xlabel="paper (%)", ylabel="ours (%)", title="Ours vs paper")
+        _common.write_outputs(os.path.dirname(os.path.abspath(output)), os.path.basename(stem),
+                              {"source": SOURCE, "units": "%", "rows": rows, "unmatched": unmatched}, fig)
+        log(f"Wrote {output}, {stem}.json and {stem}.png")
+    return text
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    compute(_common.FLAGS.runs_dir, _common.FLAGS.output)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,152 @@
+r"""Semi-supervised DML (Fig. 6, Sec. 3.4/4.10): accuracy (or mAP) vs labelled data.
+
+    python tools/semi_supervised.py --dataset=cifar100 --data_dir=... --net=resnet32 \
+        --fractions=0.1,0.25,0.5,1 --output_dir=runs/semi
+    python tools/semi_supervised.py --dataset=market1501 --data_dir=... --net=mobilenet \
+        --labeled_ids=100,200,400,751 --output_dir=runs/semi_market
+
+For each labelled amount (``--fractions``: ``TrainConfig.labeled_fraction``, the fraction of
+each class's training images that keep their label, CIFAR/digits; or ``--labeled_ids``:
+``TrainConfig.labeled_ids``, identities that keep their labels, Market-1501) and seed,
+three runs of ``dml_tf.runner.run`` into subfolders of ``--output_dir``:
+
+* ``single``: one network trained on the labelled images only (``semi="labelled"``);
+* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labelled"``);
+* ``dml_all``: a DML pair, cross-entropy on the labelled images and the mimicry (KL)
+  term on ALL training images (``semi="all"``, the paper's semi-supervised DML).
+
+Finished subfolders (results.json) are reused, so the sweep resumes. Score: the average
+member's test top-1 (classification) or single-query mAP (Market, via
+``dml_tf.evaluate.evaluate_run``); mean +- std over members and seeds. Writes
+``semi_supervised.json`` and ``semi_supervised.png``.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+from absl import app  # noqa: E402
+
+METHODS = ("single", "dml_labelled", "dml_all")
+LABELS = {"single": "single network (labelled)", "dml_labelled": "DML-labelled", "dml_all": "DML-all"}
+
+
+def define_flags():
+    _common.define("string", "dataset", "digits", "digits, cifar10, cifar100 or market1501.")
+    _common.define("string", "data_dir", None, "Local copy of the dataset.")
+    _common.define("string", "net", "resnet32", "Network of every member.")
+    _common.define("list", "fractions", None, "Labelled fractions in (0, 1] (CIFAR, digits).")
+    _common.define("list", "labeled_ids", None, "Numbers of labelled identities (Market-1501).")
+    _common.define("list", "methods", list(METHODS), "Subset of single, dml_labelled, dml_all.")
+    _common.define("list", "seeds", ["0"], "Seeds (also choose the labelled subset).")
+    _common.define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
+    _common.define("integer", "epochs", None, "Epochs (dataset default).")
+    _common.define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
+    _common.define("integer", "batch_size", None, "Batch size (dataset default).")
+    _common.define("float", "learning_rate", None, "Learning rate (dataset default).")
+    _common.define("list", "image_size", None, "H,W network input (Market-1501).")
+    _common.define("string", "pretrained", None, "'imagenet' or a weights file for the members.")
+
+
+def make_config(method, amount, seed, output_dir, dataset, net, market, **overrides):
+    from dml_tf.config import TrainConfig
+
+    tag = f"ids{amount}" if market else f"frac{amount:g}"
+    label_arg = {"labeled_ids": int(amount)} if market else {"labeled_fraction": float(amount)}
+    return TrainConfig(dataset=dataset, nets=(net,) if method == "single" else (net, net),
+                       mode="independent" if method == "single" else "dml",
+                       semi="all" if method == "dml_all" else "labelled", seed=seed,
+                       model_dir=os.path.join(output_dir, f"{method}_{tag}_seed{seed}"), verbose=2,
+                       **label_arg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labeled_ids=None,
+            methods=METHODS, seeds=(0,), data_dir=None, epochs=None, steps_per_epoch=None,
+            batch_size=None, learning_rate=None, image_size=None, pretrained=None, log=print):
+    """Trains (or reuses) every run of the sweep; writes and returns the Fig. 6 data."""
+    import numpy as np
+
+    from dml_tf import nets as dml_nets
+
+    if dataset not in ("digits", "cifar10", "cifar100", "market1501"):
+        raise app.UsageError(f"--dataset must be digits, cifar10, cifar100 or market1501; got {dataset!r}.")
+    market = dataset == "market1501"
+    if market:
+        if fractions:
+            raise app.UsageError("--fractions is for CIFAR/digits; use --labeled_ids with market1501.")
+        amounts = _common.parse_ints(labeled_ids, "labeled_ids", minimum=1)
+    else:
+        if labeled_ids:
+            raise app.UsageError("--labeled_ids is for market1501; use --fractions with CIFAR/digits.")
+        amounts = _common.parse_floats(fractions, "fractions", minimum=0.0)
+        if any(not 0 < f <= 1 for f in amounts):
+            raise app.UsageError(f"--fractions must be in (0, 1]; got {amounts}.")
+    amounts = sorted(set(amounts))
+    methods = _common.split_list(methods, "methods")
+    if not methods or any(m not in METHODS for m in methods):
+        raise app.UsageError(f"--methods must be a subset of {list(METHODS)}; got {methods}.")
+    seeds = _common.parse_ints(seeds, "seeds", minimum=0)
+    if net not in dml_nets.names():
+        raise app.UsageError(f"--net must be one of {dml_nets.names()}; got {net!r}.")
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise app.UsageError(f"--{name} must be positive; got {value}.")
+    if image_size is not None:
+        image_size = tuple(_common.parse_ints(image_size, "image_size", minimum=1))
+    output_dir = _common.need_output_dir(output_dir)
+    overrides = dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                     batch_size=batch_size, learning_rate=learning_rate, image_size=image_size,
+                     pretrained=pretrained)
+    total, done = len(methods) * len(amounts) * len(seeds), 0
+    curves = {}
+    for method in methods:
+        points = []
+        for amount in amounts:
+            scores, run_dirs = [], []
+            for seed in seeds:
+                config = make_config(method, amount, seed, output_dir, dataset, net, market, **overrides)
+                done += 1
+                log(f"({done}/{total}) {method} {'labeled_ids' if market else 'labeled_fraction'}={amount} "
+                    f"seed={seed}")
+                results = _common.train_or_reuse(config, log=log)
+                if market:
+                    members, _ = _common.market_scores(config.model_dir, data_dir, batch_size or 64, log=log)
+                else:
+                    members = _common.member_accuracies(results)
+                scores.append(members)
+                run_dirs.append(os.path.relpath(config.model_dir, output_dir))
+            flat = [s for run in scores for s in run]
+            points.append({"amount": amount, "runs": run_dirs, "member_scores": scores,
+                           "mean": float(np.mean(flat)), "std": float(np.std(flat))})
+            log(f"  {method} {amount}: {points[-1]['mean']:.4f} +- {points[-1]['std']:.4f}")
+        curves[method] = points
+
+    metric = "single-query mAP" if market else "test top-1 accuracy"
+    axis = "labelled identities" if market else "labelled fraction"
+    payload = {"dataset": dataset, "net": net, "axis": axis, "amounts": amounts, "seeds": seeds,
+               "metric": metric, "values": "fractions in [0, 1]; mean/std over members and seeds",
+               "methods": {m: {"description": LABELS[m], "points": p} for m, p in curves.items()}}
+    fig, (ax,) = _common.figure(1, width=6)
+    for i, (method, points) in enumerate(curves.items()):
+        ax.errorbar([p["amount"] for p in points], [p["mean"] for p in points],
+                    yerr=[p["std"] for p in points], marker="o", capsize=3, color=f"C{i}", label=LABELS[method])
+    ax.set(xlabel=axis, ylabel=metric, title=f"Semi-supervised ({dataset}, {net})")
+    ax.legend(fontsize=8)
+    json_path, png_path = _common.write_outputs(output_dir, "semi_supervised", payload, fig)
+    log(f"Wrote {json_path} and {png_path}")
+    return payload
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    F = _common.FLAGS
+    compute(F.output_dir, F.dataset, F.net, F.fractions, F.labeled_ids, F.methods, F.seeds, F.data_dir,
+            F.epochs, F.steps_per_epoch, F.batch_size, F.learning_rate, F.image_size, F.pretrained)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

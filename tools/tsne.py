@@ -1,0 +1,117 @@
+r"""2-D t-SNE of the members' features (Fig. 5: DML vs independent feature spaces).
+
+    python tools/tsne.py --runs=runs/c100_dml,runs/c100_ind --limit=2000 --output_dir=out/tsne
+
+For every run folder written by ``python -m dml_tf.train`` and every member (``--members``,
+default all), extracts the output of the layer ``features`` (global average pooling) for
+the first ``--limit`` images of ``--split`` (default: the test split, no augmentation),
+embeds them in 2-D with scikit-learn's TSNE (``--perplexity``, seeded by ``--seed``; one
+embedding per member, as the paper's per-network panels) and plots them coloured by class.
+Writes ``tsne.json`` (coordinates, labels, per run and member) and ``tsne.png`` (one panel
+per run and member). Classification datasets only (digits, cifar10, cifar100).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+from absl import app  # noqa: E402
+
+
+def define_flags():
+    _common.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
+    _common.define("list", "members", None, "Member indices to embed (default: all).")
+    _common.define("string", "output_dir", None, "Where tsne.json/.png go.")
+    _common.define("enum", "split", "test", ["train", "test"], "Images to embed (no augmentation).")
+    _common.define("integer", "limit", 1000, "Embed the first N images.")
+    _common.define("float", "perplexity", 30.0, "t-SNE perplexity (must be < number of images).")
+    _common.define("integer", "seed", 0, "t-SNE random state.")
+    _common.define("integer", "batch_size", None, "Feature extraction batch size (default: the run's).")
+    _common.define("string", "data_dir", None, "Override the runs' data_dir.")
+
+
+def embed(features, perplexity=30.0, seed=0):
+    """``(N, 2)`` t-SNE coordinates of ``(N, D)`` features (PCA initialisation)."""
+    import numpy as np
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features, np.float64)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+
+
+def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity=30.0, seed=0,
+            batch_size=None, data_dir=None, log=print):
+    """Extracts, embeds, writes and returns the coordinates (see the module docstring)."""
+    import numpy as np
+
+    from dml_tf import analysis
+    from dml_tf.reid.features import extract_features
+
+    if split not in analysis.SPLITS:
+        raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
+    if limit is None or limit < 5:
+        raise app.UsageError(f"--limit must be >= 5; got {limit}.")
+    if not perplexity or perplexity <= 0 or perplexity >= limit:
+        raise app.UsageError(f"--perplexity must be in (0, --limit={limit}); got {perplexity}.")
+    wanted = None if not members else _common.parse_ints(members, "members", minimum=0)
+    output_dir = _common.need_output_dir(output_dir)
+    entries = []
+    for run_dir, results, run_members in _common.read_runs(runs):
+        config = results.get("config") or {}
+        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit)
+        if perplexity >= n:
+            raise app.UsageError(f"--perplexity={perplexity} must be below the {n} images of {run_dir}.")
+        labels = np.concatenate([np.asarray(y) for _, y in dataset])
+        label = _common.run_label(run_dir, config)
+        chosen = [m for m in run_members if wanted is None or m["index"] in wanted]
+        missing = sorted(set(wanted or []) - {m["index"] for m in run_members})
+        if missing:
+            raise app.UsageError(f"--members {missing} not in {run_dir} (members "
+                                 f"{[m['index'] for m in run_members]}).")
+        for m in chosen:
+            log(f"{label} member {m['index']}: features of {n} {split} images, t-SNE")
+            try:
+                feats = extract_features(analysis.load_member(m["path"]), dataset, verbose=0)
+            except ValueError as e:
+                raise app.UsageError(str(e)) from None
+            coords = embed(feats, perplexity, seed)
+            entries.append({"run_dir": run_dir, "label": label, "member": m["index"], "name": m.get("name"),
+                            "feature_dim": int(feats.shape[1]), "coordinates": coords.tolist(),
+                            "labels": labels.tolist()})
+
+    payload = {"split": split, "num_images": len(entries[0]["labels"]), "perplexity": perplexity,
+               "seed": seed, "feature_layer": "features", "embeddings": entries}
+    cols = min(len(entries), 4)
+    rows = -(-len(entries) // cols)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    for ax, e in zip(axes.flat, entries):
+        xy = np.asarray(e["coordinates"])
+        ax.scatter(xy[:, 0], xy[:, 1], c=e["labels"], cmap="tab20" if max(e["labels"]) >= 10 else "tab10",
+                   s=4)
+        ax.set_title(f"{e['label']} member {e['member']}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(entries):]:
+        ax.axis("off")
+    json_path, png_path = _common.write_outputs(output_dir, "tsne", payload, fig)
+    log(f"Wrote {json_path} and {png_path}")
+    return payload
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    F = _common.FLAGS
+    compute(F.runs, F.output_dir, F.members, F.split, F.limit, F.perplexity, F.seed, F.batch_size, F.data_dir)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
