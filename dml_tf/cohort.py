@@ -1,5 +1,7 @@
 """The mutual-learning cohort: K Keras models that learn together (Algorithm 1)."""
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -8,6 +10,22 @@ from dml_tf import losses as dml_losses
 from dml_tf.optimizers import CohortOptimizer, member_optimizers
 
 UPDATES = ("sequential", "simultaneous")
+PLACEMENTS = (None, "per_member")
+
+
+def placement_devices():
+    """The logical devices ``placement="per_member"`` spreads members over: the
+    GPUs if any, else the CPUs (several when configured with
+    ``tf.config.set_logical_device_configuration``)."""
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    return [d.name for d in devices]
+
+
+def _on_device(variable, device):
+    """Whether ``variable`` lives on ``device`` (compared by its ``TYPE:index`` suffix)."""
+    suffix = device.split("device:")[-1].upper()
+    value = variable.value if isinstance(variable, keras.Variable) else variable
+    return value.device.upper().endswith(suffix)
 
 
 def _num_classes(member):
@@ -15,6 +33,20 @@ def _num_classes(member):
     if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
         return shape[-1]
     return None
+
+
+def _needs_loss_scaling(member):
+    """Whether ``member`` computes in float16 (``mixed_float16``), which needs loss
+    scaling; bfloat16 has float32's range and does not."""
+    policy = getattr(member, "dtype_policy", None)
+    if getattr(policy, "compute_dtype", None) == "float16":
+        return True
+    return any(getattr(layer, "compute_dtype", None) == "float16" for layer in member.layers)
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
 
 
 def _num_replicas():
@@ -55,6 +87,16 @@ class MutualLearningModel(keras.Model):
       feature_l2_weight: weight of an L2 loss between member k's and its peers'
         ``feature_layer`` outputs (Table 5 "DML, L2"); 0 disables it.
       feature_layer: name of the members' feature layer for ``feature_l2_weight``.
+      placement: ``None`` (every member where TensorFlow puts it; data parallelism
+        via a ``tf.distribute`` strategy) or ``"per_member"`` (model parallelism:
+        member k's variables, forward, gradient and update on logical device
+        ``k mod N`` of the N GPUs, or CPUs when there is no GPU; see
+        ``placement_devices``). Variables are created when a member is built, so a
+        member whose variables are elsewhere is cloned onto its device at
+        construction (``keras.models.clone_model`` under ``tf.device``, weights
+        copied): the cohort's ``members`` are then the clones, not the models
+        passed in. Optimizer slots are colocated with their variables. Not
+        combinable with a multi-replica strategy.
 
     Labels equal to -1 mark unlabelled samples (Sec. 3.4): they count in the
     mimicry term but not in the cross-entropy.
@@ -71,6 +113,7 @@ class MutualLearningModel(keras.Model):
         entropy_weight=0.0,
         feature_l2_weight=0.0,
         feature_layer="features",
+        placement=None,
         name="mutual_learning",
         **kwargs,
     ):
@@ -97,6 +140,20 @@ class MutualLearningModel(keras.Model):
         if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
 
+        if placement not in PLACEMENTS:
+            raise ValueError(f"Unknown placement {placement!r}; expected one of {PLACEMENTS}.")
+        if placement is not None and tf.distribute.has_strategy() and \
+                tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError(
+                "placement='per_member' places members on devices itself; it cannot be "
+                "combined with a multi-replica tf.distribute strategy.")
+
+        self.placement = placement
+        self._devices = None
+        if placement == "per_member":
+            devices = placement_devices()
+            self._devices = [devices[k % len(devices)] for k in range(len(members))]
+            members = [self._place(m, d) for m, d in zip(members, self._devices)]
         self.members = list(members)
         self.update = update
         self.mimicry = mimicry
@@ -134,6 +191,28 @@ class MutualLearningModel(keras.Model):
                 + ", ".join(f"{m.name}: {c}" for m, c in zip(members, classes))
                 + "."
             )
+
+    @staticmethod
+    def _place(member, device):
+        """``member`` if its variables live on ``device``, else a clone built there."""
+        if member.built and all(_on_device(v, device) for v in member.variables):
+            return member
+        with tf.device(device):
+            clone = keras.models.clone_model(member)
+            if not clone.built and member.built:
+                clone.build(member.input_shape)
+        clone.set_weights(member.get_weights())
+        clone.trainable = member.trainable
+        return clone
+
+    def member_device(self, k):
+        """The device of member ``k`` (``None`` without placement)."""
+        return self._devices[k] if self._devices else None
+
+    def _on(self, k):
+        """A ``tf.device`` scope for member k's work (a no-op without placement)."""
+        device = self.member_device(k)
+        return tf.device(device) if device else contextlib.nullcontext()
 
     def _make_feature_models(self):
         feature_models = []
@@ -203,6 +282,14 @@ class MutualLearningModel(keras.Model):
                 )
             kwargs.pop(unsupported, None)
         self._member_optimizers = member_optimizers(optimizer, self.members)
+        # float16 members need loss scaling; MultiOptimizer refuses LossScaleOptimizer
+        # children, so the scalers wrap the member optimizers outside the
+        # CohortOptimizer (which still builds, saves and restores the inner ones).
+        self._loss_scalers = [
+            keras.optimizers.LossScaleOptimizer(o, name=f"loss_scale_{k}")
+            if _needs_loss_scaling(m) else None
+            for k, (m, o) in enumerate(zip(self.members, self._member_optimizers))
+        ]
         cohort_optimizer = CohortOptimizer(self._member_optimizers, self._member_index_of)
         super().compile(
             optimizer=cohort_optimizer,
@@ -232,7 +319,28 @@ class MutualLearningModel(keras.Model):
         ]
         self.compile(**config)
         if self.built:
-            self.optimizer.build(self.trainable_variables)
+            self._build_optimizer()
+
+    def _build_optimizer(self):
+        """Builds the cohort optimizer; under placement, each member's slots are
+        created on the member's device first."""
+        if self._devices:
+            for k, optimizer in enumerate(self._member_optimizers):
+                variables = self.members[k].trainable_variables
+                if variables and not optimizer.built:
+                    with tf.init_scope(), tf.device(self._devices[k]):
+                        optimizer.build(variables)
+        self.optimizer.build(self.trainable_variables)
+        for k, scaler in enumerate(getattr(self, "_loss_scalers", ())):
+            if scaler is not None and not scaler.built:
+                with tf.init_scope(), self._on(k):
+                    scaler.build(self.members[k].trainable_variables)
+
+    def _apply(self, k, gradients, variables):
+        """Member k's update (through its loss scaler under float16: unscaled,
+        skipped when not finite, the scale adapted)."""
+        scaler = self._loss_scalers[k]
+        (scaler or self._member_optimizers[k]).apply(gradients, variables)
 
     # ----------------------------------------------------------------- forward
 
@@ -327,43 +435,48 @@ class MutualLearningModel(keras.Model):
         # before its own update). Static teachers run in inference mode.
         tapes, logits, features = [None] * n, [None] * n, [None] * n
         for k in range(n):
-            if self._is_learner(k):
-                tapes[k] = tf.GradientTape()
-                with tapes[k]:
-                    logits[k], features[k] = self._forward(k, x, training=True)
-            else:
-                logits[k], features[k] = self._forward(k, x, training=False)
+            with self._on(k):
+                if self._is_learner(k):
+                    tapes[k] = tf.GradientTape()
+                    with tapes[k]:
+                        logits[k], features[k] = self._forward(k, x, training=True)
+                else:
+                    logits[k], features[k] = self._forward(k, x, training=False)
         if not self.optimizer.built:  # at trace time, once the members exist
-            self.optimizer.build(self.trainable_variables)
+            self._build_optimizer()
         targets = [tf.stop_gradient(dml_losses.log_probabilities(lg)) for lg in logits]
         target_features = list(features)
         trainable = [k for k in range(n) if self._is_learner(k)]
 
         pending, total = [], 0.0
         for k in range(n):
-            if tapes[k] is None:
-                terms = self.member_loss(k, labels, logits[k], targets, target_features)
-            else:
-                with tapes[k]:
+            with self._on(k):
+                if tapes[k] is None:
                     terms = self.member_loss(k, labels, logits[k], targets, target_features)
-                    scaled = terms["loss"] * scale
-                variables = self.members[k].trainable_variables
-                gradients = tapes[k].gradient(scaled, variables)
-                if self.update == "sequential":
-                    self._member_optimizers[k].apply(gradients, variables)
-                    if any(j > k for j in trainable):
-                        new_logits, new_features = self._refresh(k, x)
-                        targets[k] = tf.stop_gradient(dml_losses.log_probabilities(new_logits))
-                        if new_features is not None:
-                            target_features[k] = tf.stop_gradient(new_features)
                 else:
-                    pending.append((k, gradients, variables))
+                    with tapes[k]:
+                        terms = self.member_loss(k, labels, logits[k], targets, target_features)
+                        scaled = terms["loss"] * scale
+                        if self._loss_scalers[k] is not None:
+                            scaled = self._loss_scalers[k].scale_loss(scaled)
+                    variables = self.members[k].trainable_variables
+                    gradients = tapes[k].gradient(scaled, variables)
+                    if self.update == "sequential":
+                        self._apply(k, gradients, variables)
+                        if any(j > k for j in trainable):
+                            new_logits, new_features = self._refresh(k, x)
+                            targets[k] = tf.stop_gradient(dml_losses.log_probabilities(new_logits))
+                            if new_features is not None:
+                                target_features[k] = tf.stop_gradient(new_features)
+                    else:
+                        pending.append((k, gradients, variables))
             self._update_member_metrics(
                 k, terms, labels, dml_losses.log_probabilities(logits[k])
             )
             total += terms["loss"]
         for k, gradients, variables in pending:
-            self._member_optimizers[k].apply(gradients, variables)
+            with self._on(k):
+                self._apply(k, gradients, variables)
         self.optimizer.iterations.assign_add(1)
         self._loss_tracker_total.update_state(total, sample_weight=tf.shape(labels)[0])
         return self._results(include_ensemble=False)
@@ -374,7 +487,10 @@ class MutualLearningModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
         n = self.num_members
-        outputs = [self._forward(k, x, training=False) for k in range(n)]
+        outputs = []
+        for k in range(n):
+            with self._on(k):
+                outputs.append(self._forward(k, x, training=False))
         log_probs = [dml_losses.log_probabilities(lg) for lg, _ in outputs]
         features = [f for _, f in outputs]
         total = 0.0
@@ -395,7 +511,23 @@ class MutualLearningModel(keras.Model):
             results.update({name: t.result() for name, t in trackers.items()})
         if include_ensemble:
             results["ensemble_accuracy"] = self._ensemble_tracker.result()
+        if _is_multi_worker(self.distribute_strategy):
+            # Keras 3.15 reduces multi-worker logs with strategy.reduce("MEAN", v,
+            # axis=0), which rejects scalars: give it shape-[1] values (the mean over
+            # workers of these synchronised values is again a scalar).
+            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
         return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and _is_multi_worker(self.distribute_strategy):
+            # Keras 3.15's symbolic build eagerly reduces the first distributed batch
+            # (strategy.reduce("MEAN", PerReplica)), which fails under
+            # MultiWorkerMirroredStrategy. The cohort needs only its optimizer built.
+            if self.built:
+                with self.distribute_strategy.scope():
+                    self._build_optimizer()
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -420,14 +552,19 @@ class MutualLearningModel(keras.Model):
             "entropy_weight": self.entropy_weight,
             "feature_l2_weight": self.feature_l2_weight,
             "feature_layer": self.feature_layer,
+            "placement": self.placement,
         })
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["members"] = [
-            keras.saving.deserialize_keras_object(m, custom_objects=custom_objects)
-            for m in config["members"]
-        ]
+        devices = placement_devices() if config.get("placement") else None
+        members = []
+        for k, member in enumerate(config["members"]):
+            # Under placement, build each member on its device (no clone needed).
+            with tf.device(devices[k % len(devices)]) if devices else contextlib.nullcontext():
+                members.append(
+                    keras.saving.deserialize_keras_object(member, custom_objects=custom_objects))
+        config["members"] = members
         return cls(**config)

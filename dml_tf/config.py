@@ -14,7 +14,8 @@ OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential")
 SEMI = ("all", "labelled")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PLACEMENTS = ("none", "per_member")
 
 # The paper's settings per dataset (Sec. 4.1, 4.2; WRN [28] settings for CIFAR).
 DATASET_DEFAULTS = {
@@ -92,6 +93,7 @@ class TrainConfig:
     semi: str = "all"
     strategy: str = "default"
     jit_compile: bool = False
+    placement: str = "none"
     mixed_precision: str = "float32"
     overwrite: bool = False
     verbose: Optional[int] = None
@@ -128,6 +130,9 @@ class TrainConfig:
         need(self.semi in SEMI, f"--semi must be one of {SEMI}; got {self.semi!r}.")
         need(self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}.")
         need(self.mixed_precision in PRECISIONS, f"--mixed_precision must be one of {PRECISIONS}.")
+        need(self.placement in PLACEMENTS, f"--placement must be one of {PLACEMENTS}.")
+        need(self.placement == "none" or self.strategy == "default",
+             "--placement=per_member needs --strategy=default.")
         for name in ("epochs", "batch_size"):
             need(getattr(self, name) > 0, f"--{name} must be positive; got {getattr(self, name)}.")
         need(self.steps_per_epoch is None or self.steps_per_epoch > 0,

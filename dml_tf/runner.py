@@ -154,7 +154,8 @@ def run(config, log=print, callbacks=()):
             members, update=config.update, mimicry=config.mimicry,
             mimicry_weight=config.member_mimicry_weight(), peer_reduction=config.peer_reduction,
             label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
-            feature_l2_weight=config.feature_l2_weight)
+            feature_l2_weight=config.feature_l2_weight,
+            placement=None if config.placement == "none" else config.placement)
         cohort.compile(
             optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
                        for k in range(len(members))],

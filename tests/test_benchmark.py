@@ -1,0 +1,41 @@
+"""tools/benchmark.py --quick runs and writes the documented JSON (fields, not speed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_quick_writes_json(tmp_path):
+    output = tmp_path / "bench.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               KERAS_BACKEND="tensorflow")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--quick",
+         "--steps=2", "--pipeline_images=128", f"--output={output}"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "independent" in proc.stdout and "input pipeline" in proc.stdout
+    results = json.loads(output.read_text())
+
+    assert results["settings"]["nets"] == ["tiny_cnn", "tiny_cnn"]
+    assert results["settings"]["quick"] is True
+    names = [(r["name"], r["jit_compile"]) for r in results["rows"]]
+    assert names == [("independent", False), ("dml_simultaneous", False),
+                     ("dml_sequential", False)]
+    for row in results["rows"]:
+        assert row["error"] is None
+        assert row["step_s"] > 0 and row["images_per_s"] > 0
+        assert row["ratio_to_independent"] > 0
+        assert row["peak_rss_mib"] > 0
+    independent = results["rows"][0]
+    assert len(independent["member_step_s"]) == 2
+    assert abs(independent["step_s"] - sum(independent["member_step_s"])) < 1e-9
+    assert independent["ratio_to_independent"] == 1.0
+    pipeline = results["pipeline"]
+    assert pipeline["images_per_s"] > 0 and pipeline["over_fastest_dml_consumption"] > 0
+    assert set(results["targets"]) == {"dml_simultaneous", "dml_sequential",
+                                       "pipeline_over_dml"}
+    assert results["peak_rss_mib"] > 0 and "ru_maxrss" in results["memory_note"]
