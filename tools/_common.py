@@ -69,6 +69,16 @@ def parse_ints(value, name, minimum=None):
     return out
 
 
+def check_split_and_limit(split, limit):
+    """UsageError unless ``split`` is a known split and ``limit`` is None or positive."""
+    from dml_tf import analysis
+
+    if split not in analysis.SPLITS:
+        raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
+    if limit is not None and limit < 1:
+        raise app.UsageError(f"--limit must be positive; got {limit}.")
+
+
 def need_output_dir(output_dir):
     if not output_dir:
         raise app.UsageError("--output_dir is required.")

@@ -62,10 +62,7 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
         raise app.UsageError(f"--draws must be positive; got {draws}.")
     if seed is None or seed < 0:
         raise app.UsageError(f"--seed must be >= 0; got {seed}.")
-    if split not in analysis.SPLITS:
-        raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
-    if limit is not None and limit < 1:
-        raise app.UsageError(f"--limit must be positive; got {limit}.")
+    _common.check_split_and_limit(split, limit)
     output_dir = _common.need_output_dir(output_dir)
     entries = []
     for run_dir, results, members in _common.read_runs(runs):

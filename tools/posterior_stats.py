@@ -48,10 +48,7 @@ def compute(runs, output_dir, split="train", batch_size=None, limit=None, data_d
 
     from dml_tf import analysis
 
-    if split not in analysis.SPLITS:
-        raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
-    if limit is not None and limit < 1:
-        raise app.UsageError(f"--limit must be positive; got {limit}.")
+    _common.check_split_and_limit(split, limit)
     if batch_size is not None and batch_size < 1:
         raise app.UsageError(f"--batch_size must be positive; got {batch_size}.")
     output_dir = _common.need_output_dir(output_dir)
