@@ -374,7 +374,7 @@ class MutualLearningModel(keras.Model):
 
     # ------------------------------------------------------------------ losses
 
-    def member_loss(self, k, labels, logits, log_probs, features=None):
+    def member_loss(self, k, labels, logits, log_probs, features=None, own_log_probs=None):
         """Member k's loss terms given the cohort's current targets.
 
         Args:
@@ -384,11 +384,13 @@ class MutualLearningModel(keras.Model):
           log_probs: list of the K members' log-probabilities used as targets
             (entry k is ignored).
           features: list of the K members' features (for ``feature_l2_weight``).
+          own_log_probs: ``log_probabilities(logits)`` when already computed (with
+            gradient); computed from ``logits`` otherwise.
 
         Returns:
           dict with ``loss`` (the total minimised), ``ce`` and ``mimicry``.
         """
-        own = dml_losses.log_probabilities(logits)
+        own = dml_losses.log_probabilities(logits) if own_log_probs is None else own_log_probs
         peers = [tf.stop_gradient(lp) for i, lp in enumerate(log_probs) if i != k]
         ce = dml_losses.cross_entropy(labels, own, self.label_smoothing)
         mimicry = dml_losses.mimicry_loss(own, peers, self.mimicry, self.peer_reduction)
@@ -433,18 +435,22 @@ class MutualLearningModel(keras.Model):
         # One training-mode forward per member, recorded on the member's own tape
         # (this is also the forward its gradient uses: its weights do not change
         # before its own update). Static teachers run in inference mode.
-        tapes, logits, features = [None] * n, [None] * n, [None] * n
+        # Each member's log-probabilities are computed once: with gradient for its
+        # own loss and metrics, and (stopped) as its peers' targets.
+        tapes, logits, features, own = [None] * n, [None] * n, [None] * n, [None] * n
         for k in range(n):
             with self._on(k):
                 if self._is_learner(k):
                     tapes[k] = tf.GradientTape()
                     with tapes[k]:
                         logits[k], features[k] = self._forward(k, x, training=True)
+                        own[k] = dml_losses.log_probabilities(logits[k])
                 else:
                     logits[k], features[k] = self._forward(k, x, training=False)
+                    own[k] = dml_losses.log_probabilities(logits[k])
         if not self.optimizer.built:  # at trace time, once the members exist
             self._build_optimizer()
-        targets = [tf.stop_gradient(dml_losses.log_probabilities(lg)) for lg in logits]
+        targets = [tf.stop_gradient(lp) for lp in own]
         target_features = list(features)
         trainable = [k for k in range(n) if self._is_learner(k)]
 
@@ -452,10 +458,11 @@ class MutualLearningModel(keras.Model):
         for k in range(n):
             with self._on(k):
                 if tapes[k] is None:
-                    terms = self.member_loss(k, labels, logits[k], targets, target_features)
+                    terms = self.member_loss(k, labels, logits[k], targets, target_features, own[k])
                 else:
                     with tapes[k]:
-                        terms = self.member_loss(k, labels, logits[k], targets, target_features)
+                        terms = self.member_loss(
+                            k, labels, logits[k], targets, target_features, own[k])
                         scaled = terms["loss"] * scale
                         if self._loss_scalers[k] is not None:
                             scaled = self._loss_scalers[k].scale_loss(scaled)
@@ -470,9 +477,7 @@ class MutualLearningModel(keras.Model):
                                 target_features[k] = tf.stop_gradient(new_features)
                     else:
                         pending.append((k, gradients, variables))
-            self._update_member_metrics(
-                k, terms, labels, dml_losses.log_probabilities(logits[k])
-            )
+            self._update_member_metrics(k, terms, labels, tf.stop_gradient(own[k]))
             total += terms["loss"]
         for k, gradients, variables in pending:
             with self._on(k):
@@ -495,7 +500,7 @@ class MutualLearningModel(keras.Model):
         features = [f for _, f in outputs]
         total = 0.0
         for k in range(n):
-            terms = self.member_loss(k, labels, outputs[k][0], log_probs, features)
+            terms = self.member_loss(k, labels, outputs[k][0], log_probs, features, log_probs[k])
             self._update_member_metrics(k, terms, labels, log_probs[k])
             total += terms["loss"]
         self._loss_tracker_total.update_state(total, sample_weight=tf.shape(labels)[0])

@@ -66,14 +66,12 @@ def load_data(config):
         kwargs["labeled_fraction"] = config.labeled_fraction
     if config.labeled_ids is not None:
         kwargs["labeled_ids"] = config.labeled_ids
-    if config.image_size is not None and config.dataset in ("market1501", "imagenet2012"):
+    if config.image_size is not None:
         kwargs["image_size"] = tuple(config.image_size)
-    try:
-        return dml_data.load(config.dataset, **kwargs)
-    except TypeError as e:
-        unsupported = [k for k in ("labeled_fraction", "labeled_ids", "data_dir") if k in str(e)]
-        flag = f"--{unsupported[0]}" if unsupported else "a flag"
-        raise ConfigError(f"{flag} is not supported with --dataset={config.dataset}.") from None
+    unsupported = sorted(set(kwargs) - dml_data.parameters(config.dataset))
+    if unsupported:
+        raise ConfigError(f"--{unsupported[0]} is not supported with --dataset={config.dataset}.")
+    return dml_data.load(config.dataset, **kwargs)
 
 
 def labelled_only(dataset, batch_size):

@@ -358,3 +358,36 @@ def test_bad_input_raises_value_error():
         cohort.compile(optimizer=[opt, opt])
     with pytest.raises(ValueError, match="does not take `loss`"):
         cohort.compile(optimizer="sgd", loss="mse")
+
+
+class _CountingMember(keras.Model):
+    """A linear member that counts its forward passes (Python calls, run eagerly)."""
+
+    def __init__(self, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(
+            CLASSES, kernel_initializer=keras.initializers.RandomNormal(seed=seed))
+        self.forwards = 0
+
+    def call(self, x, training=False):
+        self.forwards += 1
+        return self.dense(x)
+
+
+@pytest.mark.parametrize("update,expected", [("sequential", 3 + 2), ("simultaneous", 3)])
+def test_forward_passes_per_iteration(update, expected):
+    """Sec. 3 / Algorithm 1: K forward+backward passes, plus K-1 refresh forwards for
+    the sequential update (the last member's new predictions are never needed)."""
+    members = [_CountingMember(seed=k, name=f"count_{k}") for k in range(3)]
+    for m in members:
+        m.build((None, IN))
+    cohort = dml_tf.MutualLearningModel(members, update=update)
+    cohort.compile(optimizer=keras.optimizers.SGD(0.1), run_eagerly=True)
+    x, y = data()
+    cohort.train_on_batch(x, y)  # builds the optimizer and metrics
+    for m in members:
+        m.forwards = 0
+    cohort.train_on_batch(x, y)
+    assert [m.forwards for m in members] == (
+        [2, 2, 1] if update == "sequential" else [1, 1, 1])
+    assert sum(m.forwards for m in members) == expected

@@ -84,3 +84,16 @@ def test_train_deterministic_and_labeled_fraction():
         digits.load(labeled_fraction=2)
     with pytest.raises(TypeError):
         digits.load(image_size=32)
+
+
+def test_registry_knows_each_loaders_parameters():
+    from dml_tf import data
+
+    assert "name" not in data.parameters("cifar100")  # fixed by the registry
+    assert {"data_dir", "labeled_fraction"} <= data.parameters("cifar100")
+    assert "labeled_ids" in data.parameters("market1501")
+    assert "labeled_ids" not in data.parameters("digits")
+    with pytest.raises(TypeError, match="does not take labeled_ids"):
+        data.load("digits", labeled_ids=5)
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+        data.parameters("mnist")

@@ -193,3 +193,34 @@ def test_float16_non_finite_step_is_skipped():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     for scaler in cohort._loss_scalers:
         assert float(scaler.dynamic_scale.numpy()) == scaler.initial_scale / 2
+
+
+def test_float16_loss_scale_is_checkpointed(tmp_path):
+    """The dynamic loss scale is part of the weights BackupAndRestore saves, so a
+    resumed float16 run continues with the scale it had reached."""
+    import keras
+    from dml_tf.cohort import MutualLearningModel
+
+    def make():
+        members = [_policy_member(0, "mixed_float16"), _policy_member(1, "mixed_float16")]
+        cohort = MutualLearningModel(members, update="sequential")
+        cohort.compile(optimizer=keras.optimizers.SGD(0.1))
+        return cohort
+
+    y = np.zeros((4,), "int32")
+    cohort = make()
+    overflow = np.full((4, 6), 6e4, "float32")
+    cohort.train_on_batch(overflow, y)
+    cohort.train_on_batch(overflow, y)  # two skipped steps: scale / 4
+    reached = [float(s.dynamic_scale.numpy()) for s in cohort._loss_scalers]
+    assert reached == [cohort._loss_scalers[0].initial_scale / 4] * 2
+    path = str(tmp_path / "cohort.weights.h5")
+    cohort.save_weights(path)
+
+    restored = make()
+    restored.train_on_batch(np.zeros((4, 6), "float32"), y)  # builds; a finite step
+    assert float(restored._loss_scalers[0].dynamic_scale.numpy()) == reached[0] * 4
+    restored.load_weights(path)
+    assert [float(s.dynamic_scale.numpy()) for s in restored._loss_scalers] == reached
+    for a, b in zip(cohort.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)

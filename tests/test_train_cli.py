@@ -135,6 +135,8 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--labeled_fraction=1.5"], "--labeled_fraction must be in (0, 1]"),
     (["--mode=distill", "--nets=tiny_cnn,tiny_cnn"], "one --teacher file per teacher net"),
     (["--lr_decay_epochs=a,b"], "--lr_decay_epochs must be comma-separated integers"),
+    (["--labeled_ids=5"], "--labeled_ids is not supported with --dataset=digits"),
+    (["--image_size=16,16"], "--image_size is not supported with --dataset=digits"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:

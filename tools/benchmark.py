@@ -3,25 +3,31 @@ r"""Throughput of DML against independent training, and of the input pipeline.
   python tools/benchmark.py --output=bench.json                 # resnet32 x2, batch 64
   python tools/benchmark.py --quick --output=/tmp/bench.json    # tiny_cnn, a few steps
 
-In one process, on random 32x32x3 data, it times (median over --steps timed steps,
-after --warmup untimed ones that trace and compile):
+In one process, on random 32x32x3 data, it builds three configurations:
 
   independent       each member trained alone as a plain Keras model, one after the
-                    other; its step time is the SUM of the members' median step times
-                    (the cost of training the K networks independently);
+                    other (the cost of training the K networks independently);
   dml_simultaneous  the MutualLearningModel step, update="simultaneous";
   dml_sequential    the MutualLearningModel step, update="sequential" (Algorithm 1);
 
-each without and with XLA (jit_compile), and the input pipeline alone
+runs --warmup untimed steps of each (tracing, XLA compilation) and then --steps
+rounds; every round times one step of each configuration in turn (independent: one
+step of every member, summed), rotating which goes first, so that a busy spell of a
+shared machine slows all of them alike. A configuration's step time is the median
+over rounds; its ratio to the independent cost is the median over rounds of the
+per-round ratio (paired, so drift between rounds cancels). This is done without and
+with XLA (jit_compile), then the input pipeline alone is timed
 (dml_tf.data.pipeline.train_dataset + cifar_train_augment on random uint8 images).
-Steps are run with ``train_on_batch`` on a batch already in memory, so the model
-timings exclude input. It prints a table (images/s, ratio to the independent cost at
-the same XLA setting, and the pipeline's speed over the fastest DML step's
-consumption) with the targets (not asserted), and writes the figures as JSON.
+Model steps are run with ``train_on_batch`` on a batch already in memory, so they
+exclude input. It prints a table (images/s, ratio to the independent cost at the
+same XLA setting, the pipeline's speed over the fastest DML step's consumption) with
+the targets (printed, not asserted), and writes the figures as JSON.
 
 Memory: ``peak_rss_mib`` is the process's peak resident set size so far
 (resource.getrusage ru_maxrss), read after each measurement: it only grows, so it
-bounds, rather than isolates, each configuration's memory.
+bounds, rather than isolates, each configuration's memory; ``rss_growth_mib`` is how
+much the resident set grew while one XLA setting's three configurations were built,
+warmed up and timed (the same value on its three rows).
 """
 
 import os
@@ -40,16 +46,22 @@ import time  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Cohort members (K = their number).")
-flags.DEFINE_integer("batch_size", 64, "Batch size of every step.")
-flags.DEFINE_integer("num_classes", 100, "Classes of the random labels.")
-flags.DEFINE_integer("steps", 10, "Timed steps per configuration (median reported).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA compilation).")
-flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to measure.")
-flags.DEFINE_integer("pipeline_images", 4096, "Random images in the input-pipeline benchmark.")
-flags.DEFINE_boolean("quick", False, "A tiny run: tiny_cnn x2, batch 16, 3 steps, no XLA "
-                     "unless --jit_compile is given explicitly.")
-flags.DEFINE_string("output", "benchmark.json", "Where the JSON results go.")
+
+
+def define_flags():
+    """The command-line flags (defined by ``main`` only, so importing defines none)."""
+    flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Cohort members (K = their number).")
+    flags.DEFINE_integer("batch_size", 64, "Batch size of every step.")
+    flags.DEFINE_integer("num_classes", 100, "Classes of the random labels.")
+    flags.DEFINE_integer("steps", 15, "Timed rounds (one step of each configuration per round; "
+                         "medians reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, XLA compilation).")
+    flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to measure.")
+    flags.DEFINE_integer("pipeline_images", 4096, "Random images in the input-pipeline benchmark.")
+    flags.DEFINE_boolean("quick", False, "A tiny run: tiny_cnn x2, batch 16, 3 steps, no XLA "
+                         "unless --jit_compile is given explicitly.")
+    flags.DEFINE_string("output", "benchmark.json", "Where the JSON results go.")
+
 
 TARGETS = {
     "dml_simultaneous": 1.05,  # step time / independent step time, at most
@@ -89,21 +101,20 @@ def _settings():
     return settings
 
 
-def _time_steps(step, warmup, steps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+def current_rss_mib():
+    """Resident set size now, MiB (/proc/self/statm; None where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0)
 
 
-def _members(settings):
+def _members(settings, tag):
     from dml_tf import nets as dml_nets
     return [dml_nets.build(net, num_classes=settings["num_classes"], input_shape=(32, 32, 3),
-                           seed=k, name=f"{net}_{k}")
+                           seed=k, name=f"{tag}_{net}_{k}")
             for k, net in enumerate(settings["nets"])]
 
 
@@ -112,26 +123,71 @@ def _sgd():
     return keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True)
 
 
-def bench_independent(settings, x, y, jit):
+def make_configurations(settings, x, y, jit):
+    """``{name: [step callables]}``: one callable per member for ``independent``
+    (each a plain compiled Keras model), one for each DML update."""
     import keras
-    member_times = []
-    for member in _members(settings):
+
+    from dml_tf.cohort import MutualLearningModel
+
+    configurations = {}
+    independent = []
+    for member in _members(settings, "independent"):
         member.compile(optimizer=_sgd(),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        jit_compile=jit)
-        median, _ = _time_steps(lambda: member.train_on_batch(x, y), settings["warmup"],
-                                settings["steps"])
-        member_times.append(median)
-    return {"step_s": sum(member_times), "member_step_s": member_times}
+        independent.append(lambda member=member: member.train_on_batch(x, y))
+    configurations["independent"] = independent
+    for update in ("simultaneous", "sequential"):
+        cohort = MutualLearningModel(_members(settings, update), update=update)
+        cohort.compile(optimizer=_sgd(), jit_compile=jit)
+        configurations[f"dml_{update}"] = [lambda cohort=cohort: cohort.train_on_batch(x, y)]
+    return configurations
 
 
-def bench_dml(settings, x, y, jit, update):
-    from dml_tf.cohort import MutualLearningModel
-    cohort = MutualLearningModel(_members(settings), update=update)
-    cohort.compile(optimizer=_sgd(), jit_compile=jit)
-    median, _ = _time_steps(lambda: cohort.train_on_batch(x, y), settings["warmup"],
-                            settings["steps"])
-    return {"step_s": median}
+def time_interleaved(configurations, warmup, rounds):
+    """Per-round step times of every configuration, measured in turns.
+
+    After ``warmup`` untimed steps of each (tracing, XLA compilation), every round
+    times one step of each configuration (for ``independent``, one step of each
+    member, one after the other), rotating which goes first, so that a slow spell of
+    a shared machine hits all configurations alike. Returns
+    ``{name: [[seconds per callable] per round]}``.
+    """
+    names = list(configurations)
+    for name in names:
+        for _ in range(warmup):
+            for step in configurations[name]:
+                step()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            row = []
+            for step in configurations[name]:
+                start = time.perf_counter()
+                step()
+                row.append(time.perf_counter() - start)
+            times[name].append(row)
+    return times
+
+
+def summarise(times, batch):
+    """Rows of step time (median over rounds of the round's total), images/s and the
+    ratio to ``independent`` (median over rounds of the paired per-round ratio)."""
+    independent = [sum(row) for row in times["independent"]]
+    rows = {}
+    for name, per_round in times.items():
+        totals = [sum(row) for row in per_round]
+        step = statistics.median(totals)
+        row = {"step_s": step, "images_per_s": batch / step,
+               "ratio_to_independent": statistics.median(
+                   t / i for t, i in zip(totals, independent)),
+               "round_step_s": totals}
+        if name == "independent":
+            row["member_step_s"] = [statistics.median(col) for col in zip(*per_round)]
+        rows[name] = row
+    return rows
 
 
 def bench_pipeline(settings):
@@ -169,28 +225,28 @@ def run_benchmark(settings, log=print):
 
     rows = []
     for jit in settings["jit_compile"]:
-        measured = {}
-        for name, fn in (("independent", lambda: bench_independent(settings, x, y, jit)),
-                         ("dml_simultaneous", lambda: bench_dml(settings, x, y, jit,
-                                                                "simultaneous")),
-                         ("dml_sequential", lambda: bench_dml(settings, x, y, jit,
-                                                              "sequential"))):
-            log(f"timing {name} (jit_compile={jit}) ...")
-            try:
-                row = fn()
-                row["error"] = None
-            except Exception as e:  # XLA may be unavailable for some op on some device
-                row = {"step_s": None, "error": f"{type(e).__name__}: {e}"[:500]}
-            row.update(name=name, jit_compile=jit, peak_rss_mib=peak_rss_mib())
-            row["images_per_s"] = batch / row["step_s"] if row["step_s"] else None
-            measured[name] = row
+        log(f"building and warming up (jit_compile={jit}) ...")
+        rss_before = current_rss_mib()
+        try:
+            configurations = make_configurations(settings, x, y, jit)
+            log(f"timing {', '.join(configurations)} in turns, {settings['steps']} rounds ...")
+            times = time_interleaved(configurations, settings["warmup"], settings["steps"])
+            measured = summarise(times, batch)
+            error = None
+        except Exception as e:  # XLA may be unavailable for some op on some device
+            measured, error = {}, f"{type(e).__name__}: {e}"[:500]
+        rss_after = current_rss_mib()
+        for name in ("independent", "dml_simultaneous", "dml_sequential"):
+            row = measured.get(name) or {"step_s": None, "images_per_s": None,
+                                         "ratio_to_independent": None}
+            row.update(name=name, jit_compile=jit, error=error, peak_rss_mib=peak_rss_mib(),
+                       rss_growth_mib=(rss_after - rss_before
+                                       if rss_after is not None and rss_before is not None
+                                       else None))
             rows.append(row)
-            keras.backend.clear_session()
-            gc.collect()
-        base = measured["independent"]["step_s"]
-        for row in measured.values():
-            row["ratio_to_independent"] = (row["step_s"] / base
-                                           if row["step_s"] and base else None)
+        configurations = None
+        keras.backend.clear_session()
+        gc.collect()
 
     log("timing the input pipeline ...")
     pipe = bench_pipeline(settings)
@@ -211,15 +267,17 @@ def run_benchmark(settings, log=print):
         "targets": TARGETS,
         "peak_rss_mib": peak_rss_mib(),
         "memory_note": "peak_rss_mib: resource.getrusage(RUSAGE_SELF).ru_maxrss, the "
-                       "process's peak resident set so far (monotonic across the run).",
+                       "process's peak resident set so far (monotonic across the run); "
+                       "rss_growth_mib: growth of the resident set while one XLA setting's "
+                       "configurations were built, warmed up and timed.",
     }
 
 
 def format_table(results):
     batch = results["settings"]["batch_size"]
     lines = [f"nets={','.join(results['settings']['nets'])} batch={batch} "
-             f"steps={results['settings']['steps']} (median step; model steps on an "
-             f"in-memory batch)",
+             f"rounds={results['settings']['steps']} (configurations timed in turns; median "
+             f"step; model steps on an in-memory batch)",
              f"{'configuration':<20}{'XLA':<6}{'step ms':>10}{'images/s':>11}"
              f"{'x indep.':>10}{'target':>9}{'peak RSS MiB':>14}"]
     for row in results["rows"]:
@@ -238,9 +296,10 @@ def format_table(results):
         f"{'input pipeline':<26}{'':>10}{pipe['images_per_s']:>11.1f}"
         f"{'-' if over is None else f'{over:.2f}':>10}"
         f"{'>= ' + str(TARGETS['pipeline_over_dml']):>9}{pipe['peak_rss_mib']:>14.0f}")
-    lines.append("x indep.: step time over the independent cost (sum of the members' "
-                 "plain-Keras steps, same XLA setting); for the pipeline: its images/s over "
-                 "the fastest DML step's. Targets are printed, not asserted.")
+    lines.append("x indep.: median over rounds of the step time over the same round's "
+                 "independent cost (sum of the members' plain-Keras steps, same XLA "
+                 "setting); for the pipeline: its images/s over the fastest DML step's. "
+                 "Targets are printed, not asserted.")
     lines.append(results["memory_note"])
     return "\n".join(lines)
 
@@ -257,4 +316,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

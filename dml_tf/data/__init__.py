@@ -5,6 +5,7 @@ Each loader returns a :class:`DatasetBundle`. Modules are imported on first use,
 """
 
 import importlib
+import inspect
 
 from dml_tf.data.base import DatasetBundle
 
@@ -23,17 +24,31 @@ def names():
     return sorted(_LOADERS)
 
 
+def _loader(name):
+    if name not in _LOADERS:
+        raise ValueError(f"Unknown dataset {name!r}; expected one of {names()}.")
+    module, function, fixed = _LOADERS[name]
+    return getattr(importlib.import_module(module), function), fixed
+
+
+def parameters(name):
+    """The keyword arguments ``load(name, ...)`` accepts (its loader's parameters)."""
+    loader, fixed = _loader(name)
+    return frozenset(inspect.signature(loader).parameters) - set(fixed)
+
+
 def load(name, **kwargs):
     """Loads dataset ``name``; keyword arguments go to its loader.
 
     Common keywords: ``data_dir``, ``batch_size``, ``seed``, ``labeled_fraction``,
     ``image_size``.
     """
-    if name not in _LOADERS:
-        raise ValueError(f"Unknown dataset {name!r}; expected one of {names()}.")
-    module, function, fixed = _LOADERS[name]
-    loader = getattr(importlib.import_module(module), function)
+    loader, fixed = _loader(name)
+    unknown = sorted(set(kwargs) - parameters(name))
+    if unknown:
+        raise TypeError(f"Dataset {name!r} does not take {', '.join(unknown)}; it takes "
+                        f"{', '.join(sorted(parameters(name)))}.")
     return loader(**fixed, **kwargs)
 
 
-__all__ = ["DatasetBundle", "load", "names"]
+__all__ = ["DatasetBundle", "load", "names", "parameters"]
