@@ -136,7 +136,10 @@ def run(config, log=print, callbacks=()):
     prepare_model_dir(config)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
+    try:
+        strategy = make_strategy(config.strategy)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
     bundle = load_data(config)
     train, train_count = bundle.train, bundle.train_size
     if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):

@@ -137,6 +137,7 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--lr_decay_epochs=a,b"], "--lr_decay_epochs must be comma-separated integers"),
     (["--labeled_ids=5"], "--labeled_ids is not supported with --dataset=digits"),
     (["--image_size=16,16"], "--image_size is not supported with --dataset=digits"),
+    (["--strategy=tpu"], "--strategy=tpu cannot start here"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:
