@@ -11,7 +11,8 @@
   independent Gaussian noise of std ``sigma`` to every TRAINABLE parameter; the
   model's weights are restored after every draw.
 * :func:`read_run` / :func:`unaugmented_dataset` -- a finished run folder of
-  ``dml_tf.train`` and its data without augmentation.
+  ``dml_tf.train`` and its data without augmentation (the classification sets, and
+  Market-1501: training images for Fig. 4-style statistics, gallery for Fig. 5).
 """
 
 import json
@@ -177,6 +178,8 @@ def noisy_losses(model, dataset, sigmas, draws=3, seed=0, log=None):
 # --------------------------------------------------------------------------- runs and data
 
 CLASSIFICATION_DATASETS = ("digits", "cifar10", "cifar100")
+MARKET = "market1501"
+DATASETS = CLASSIFICATION_DATASETS + (MARKET,)  # what unaugmented_dataset serves
 SPLITS = ("train", "test")
 
 
@@ -215,21 +218,33 @@ def load_member(path):
     return keras.models.load_model(path, compile=False)
 
 
-def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, limit=None):
-    """``split`` of a classification data set in stored order, WITHOUT augmentation.
+def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, limit=None, identities=None,
+                        **market_options):
+    """``split`` of a data set in stored order, WITHOUT augmentation.
 
-    Images are standardised with the training images' per-channel mean/std, exactly
-    as the training and test pipelines of ``dml_tf.data`` do; all labels are the true
-    ones (a semi-supervised run's unlabelled images included). ``limit`` keeps the
-    first ``limit`` images. Returns ``(tf.data.Dataset, number of images)``.
+    Classification sets: images standardised with the training images' per-channel
+    mean/std, exactly as the training and test pipelines of ``dml_tf.data`` do; all
+    labels are the true ones (a semi-supervised run's unlabelled images included).
+    ``market1501``: :func:`dml_tf.data.market1501.unaugmented_split` (train: the run's
+    class labels; test: the gallery's real identities, labelled by person id), which
+    takes ``market_options`` (image_size, labeled_ids, source, ...). ``identities``
+    and ``limit`` select images (:func:`dml_tf.data.base.select_images`).
+    Returns ``(tf.data.Dataset, number of images)``.
     """
     from dml_tf.data import pipeline
+    from dml_tf.data.base import select_images
 
-    if dataset not in CLASSIFICATION_DATASETS:
-        raise ValueError(f"Dataset {dataset!r} has no classification split here; expected one of "
-                         f"{CLASSIFICATION_DATASETS}.")
+    if dataset not in DATASETS:
+        raise ValueError(f"Dataset {dataset!r} has no analysis split here; expected one of {DATASETS}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+    if dataset == MARKET:
+        from dml_tf.data import market1501
+
+        return market1501.unaugmented_split(split, data_dir=data_dir, batch_size=batch_size, limit=limit,
+                                            identities=identities, **market_options)
+    if market_options:
+        raise ValueError(f"{sorted(market_options)} only apply to {MARKET}.")
     if dataset == "digits":
         from dml_tf.data import digits
 
@@ -240,6 +255,7 @@ def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, li
         arrays = cifar.load_arrays(dataset, data_dir)
     mean, std = pipeline.channel_stats(arrays["train_images"])
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    if limit:
-        images, labels = images[:limit], labels[:limit]
+    keep = select_images(labels, identities, limit or None)
+    if len(keep) < len(labels):
+        images, labels = images[keep], labels[keep]
     return pipeline.eval_dataset(images, labels, batch_size, mean, std), len(images)

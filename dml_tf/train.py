@@ -56,7 +56,9 @@ flags.DEFINE_enum("lr_schedule", None, list(cfg.LR_SCHEDULES),
 flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which a step schedule decays.")
 flags.DEFINE_float("lr_decay_rate", None, "Decay factor of the schedule.")
 flags.DEFINE_integer("lr_decay_every", None, "Epochs between exponential decays.")
-flags.DEFINE_float("ema_decay", 0.0, "Weight moving average used at the end (0: off).")
+flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that replaces the "
+                   "weights at the end (0: off; dataset default: 0.9999 for Market-1501, as "
+                   "the original code, else 0).")
 flags.DEFINE_list("image_size", None, "H,W network input (Market-1501, ImageNet).")
 flags.DEFINE_string("pretrained", None, "'imagenet' or a weights file for the members.")
 flags.DEFINE_float("labeled_fraction", 1.0, "Fraction of training images labelled (CIFAR).")

@@ -1,22 +1,15 @@
 """dml_tf.analysis, tools/posterior_stats.py and tools/noise_robustness.py on tiny runs."""
 
 import hashlib
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers_tools import load_tool
+
 LIMIT = 40
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_fake_run(run_dir, mode, seeds, mimicry="kl"):

@@ -1,29 +1,17 @@
 """tools/cohort_size.py: a tiny digits sweep (tiny_cnn, K <= 2, 1 epoch, 2 steps)."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers_tools import load_tool
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cohort_size_sweep_and_resume(tmp_path):
+def test_cohort_size_sweep_and_resume(digits_sweep):
     tool = load_tool("cohort_size")
-    out = tmp_path / "sweep"
-    kwargs = dict(dataset="digits", net="tiny_cnn", max_k=2, methods="dml,dml_e,independent", seeds="0",
-                  epochs=1, steps_per_epoch=2, batch_size=32)
-    lines = []
-    tool.compute(str(out), log=lines.append, **kwargs)
+    out, lines, kwargs = digits_sweep  # conftest.py: the sweep, run once (its runs serve other tests)
     assert sum(l.startswith("[train]") for l in lines) == 4  # k1 shared + 3 methods at K=2
     assert sorted(os.listdir(out)) == sorted(["k1_seed0", "dml_k2_seed0", "dml_e_k2_seed0",
                                               "independent_k2_seed0", "cohort_size.json", "cohort_size.png"])

@@ -1,19 +1,10 @@
 """tools/report.py on fabricated results.json / eval.json files of the runner's format."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers_tools import load_tool
 
 
 def write_run(root, name, dataset, nets, mode, accs=None, eval_members=None, eval_mean=None, **config):

@@ -1,20 +1,11 @@
 """tools/semi_supervised.py: a tiny digits sweep (tiny_cnn, 1 epoch, 2 steps)."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers_tools import load_tool
 
 
 def test_semi_supervised_sweep(tmp_path):

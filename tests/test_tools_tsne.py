@@ -1,6 +1,5 @@
 """tools/tsne.py on a fabricated run of untrained tiny_cnn members (digits test split)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,15 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers_tools import ROOT, load_tool
+
 TOOLS = ("posterior_stats", "noise_robustness", "report", "cohort_size", "semi_supervised", "tsne")
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +44,16 @@ def test_tsne_coordinates_and_plot(run_dir, tmp_path):
                                atol=1e-4)
 
 
+def test_tsne_identities_keeps_the_first_classes_then_limit(run_dir, tmp_path):
+    from dml_tf.data import digits
+
+    labels = digits.load_arrays()["test_labels"]
+    data = load_tool("tsne").compute(run_dir, str(tmp_path), members="0", identities=3, limit=25, perplexity=5,
+                                     log=lambda s: None)
+    assert data["embeddings"][0]["labels"] == labels[np.isin(labels, [0, 1, 2])][:25].tolist()
+    assert (data["num_images"], data["identities"]) == (25, 3)
+
+
 def test_tsne_usage_errors(run_dir, tmp_path):
     from absl import app
 
@@ -70,3 +73,18 @@ def test_every_tool_has_help():
         assert "Traceback" not in proc.stderr, proc.stderr
         flag = "--runs_dir" if name == "report" else "--output_dir"
         assert flag in proc.stdout and "Writes" in proc.stdout, (name, proc.stdout)
+
+
+def test_select_images_takes_sorted_identities_then_limit():
+    from dml_tf.data.base import select_images
+
+    labels = [5, -1, 3, 5, 9, 3, -1]  # -1: an unlabelled image, no identity
+    assert select_images(labels).tolist() == list(range(7))
+    assert select_images(labels, identities=2).tolist() == [0, 2, 3, 5]  # ids 3 and 5, not 5 and 3's order
+    assert select_images(labels, identities=2, limit=3).tolist() == [0, 2, 3]
+    assert select_images(labels, identities=9).tolist() == [0, 2, 3, 4, 5]
+    for bad in (dict(identities=0), dict(limit=-1), dict(identities=True)):
+        with pytest.raises(ValueError, match="positive integer"):
+            select_images(labels, **bad)
+    with pytest.raises(ValueError, match="No image is left"):
+        select_images([-1, -1], identities=1)

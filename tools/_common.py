@@ -113,18 +113,31 @@ def run_label(run_dir, config):
     return f"{os.path.basename(os.path.normpath(run_dir))} ({mode})"
 
 
-def run_data(config, split, batch_size=None, data_dir=None, limit=None):
-    """The unaugmented ``split`` of the run's dataset; UsageError for an unsupported one."""
+def run_data(config, split, batch_size=None, data_dir=None, limit=None, identities=None):
+    """The unaugmented ``split`` of the run's dataset, labelled as the run was trained
+    (a Market-1501 run: its image size and labelled identities); UsageError when it
+    is unsupported or cannot be read."""
     from dml_tf import analysis
 
     dataset = config.get("dataset")
-    if dataset not in analysis.CLASSIFICATION_DATASETS:
+    if dataset not in analysis.DATASETS:
         raise app.UsageError(
-            f"Dataset {dataset!r} of the run is not supported here: these statistics need a "
-            f"classification split ({', '.join(analysis.CLASSIFICATION_DATASETS)}).")
-    return analysis.unaugmented_dataset(
-        dataset, split=split, data_dir=data_dir or config.get("data_dir"),
-        batch_size=batch_size or config.get("batch_size") or 64, limit=limit)
+            f"Dataset {dataset!r} of the run is not supported here; expected one of "
+            f"{', '.join(analysis.DATASETS)}.")
+    options = {}
+    if dataset == analysis.MARKET:  # as dml_tf.runner.load_data passes the config to the loader
+        fraction = config.get("labeled_fraction")
+        options = dict(image_size=config.get("image_size"), labeled_ids=config.get("labeled_ids"),
+                       labeled_fraction=None if fraction in (None, 1.0) else fraction,
+                       labeled_selection=config.get("labeled_selection", "random"),
+                       seed=config.get("seed") or 0)
+    data_dir = data_dir or config.get("data_dir")
+    try:
+        return analysis.unaugmented_dataset(dataset, split=split, data_dir=data_dir,
+                                            batch_size=batch_size or config.get("batch_size") or 64,
+                                            limit=limit, identities=identities, **options)
+    except ValueError as e:  # dml_tf.errors.DataError included
+        raise app.UsageError(f"--data_dir={data_dir} ({dataset}, {split} split): {e}") from None
 
 
 def write_outputs(output_dir, stem, payload, figure):

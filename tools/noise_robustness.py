@@ -15,7 +15,9 @@ Writes ``noise_robustness.json`` (clean loss, losses per sigma and draw, mean an
 member and per run) and ``noise_robustness.png``: left, the training-loss curve of the
 runs' histories (Fig. 4a, the ``ce_k`` metric logged by dml_tf.train, mean over members);
 right, loss vs sigma per run, mean +- std over draws and members (Fig. 4b).
-Classification datasets only (digits, cifar10, cifar100).
+Datasets: digits, cifar10, cifar100 and market1501 (labels as the run was trained:
+Market class indices over its training ids). The loss skips label -1: a Market-1501
+semi-supervised run's unlabelled identities (a CIFAR/digits run's images keep true labels).
 """
 
 import os
@@ -74,8 +76,11 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
         for m in members:
             model = analysis.load_member(m["path"])  # in-memory copy; the file is not written
             log(f" member {m['index']} ({m.get('name')})")
-            out = analysis.noisy_losses(model, dataset, sigmas, draws=draws, seed=seed + m["index"],
-                                        log=log)
+            try:
+                out = analysis.noisy_losses(model, dataset, sigmas, draws=draws, seed=seed + m["index"],
+                                            log=log)
+            except ValueError as e:  # e.g. --limit keeps only unlabelled images
+                raise app.UsageError(f"{run_dir} (--split={split}, --limit={limit}): {e}") from None
             out.update(index=m["index"], name=m.get("name"), net=m.get("net"))
             log(f"  clean loss {out['clean_loss']:.6f}")
             member_entries.append(out)

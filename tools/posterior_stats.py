@@ -3,10 +3,10 @@ r"""Posterior statistics of trained cohorts (Fig. 4c, Sec. 4.8).
     python tools/posterior_stats.py --runs=runs/c100_dml,runs/c100_ind --output_dir=out/posterior
 
 For every run folder written by ``python -m dml_tf.train`` (results.json + member_k.keras;
-its config gives dataset, data_dir and batch size) and every member, over the TRAINING
-images WITHOUT augmentation (``--split=train``, the default: stored order, standardised
-like training, true labels even for a semi-supervised run's unlabelled images; or
-``--split=test``):
+its config gives dataset, data_dir, batch size and, for Market-1501, the image size) and
+every member, over the TRAINING images WITHOUT augmentation (``--split=train``, the
+default: stored order, preprocessed like training; or ``--split=test``, for Market-1501
+the gallery's real identities):
 
 * ``top_k_mean_probability``: the mean over images of the sorted probability vector's
   first 5 entries (Fig. 4c, left);
@@ -17,7 +17,8 @@ like training, true labels even for a semi-supervised run's unlabelled images; o
   the two differ only for K >= 3 (with K = 2 the peer average is the one peer).
 
 Writes ``posterior_stats.json`` and ``posterior_stats.png`` (bar charts) atomically.
-Classification datasets only (digits, cifar10, cifar100).
+Datasets: digits, cifar10, cifar100 and market1501 (``dml_tf.analysis.unaugmented_dataset``;
+the probabilities need no labels, so a semi-supervised run's unlabelled images count too).
 """
 
 import os

@@ -1,16 +1,20 @@
 r"""2-D t-SNE of the members' features (Fig. 5: DML vs independent feature spaces).
 
     python tools/tsne.py --runs=runs/c100_dml,runs/c100_ind --limit=2000 --output_dir=out/tsne
+    python tools/tsne.py --runs=runs/market_dml,runs/market_ind --identities=10 \
+        --perplexity=10 --output_dir=out/tsne_market
 
 For every run folder written by ``python -m dml_tf.train`` and every member (``--members``,
 default all), extracts the output of the layer ``features`` (global average pooling) for
-the first ``--limit`` images of ``--split`` (default: the test split, no augmentation),
-embeds them in 2-D with scikit-learn's TSNE (``--perplexity``, seeded by ``--seed``; one
-embedding per member, as the paper's per-network panels) and plots them coloured by class.
-Writes ``tsne.json`` (coordinates, labels, per run and member) and ``tsne.png`` (one panel
-per run and member). Classification datasets only (digits, cifar10, cifar100).
+the images of ``--split`` (default: the test split, no augmentation): with
+``--identities=N`` only those of the first N distinct labels in sorted order, then the
+first ``--limit`` of them. Embeds them in 2-D with scikit-learn's TSNE (``--perplexity``,
+seeded by ``--seed``; one embedding per member, as the paper's per-network panels) and
+plots them coloured by label. Market-1501 runs (Fig. 5 proper): the test split is the
+gallery's real identities (junk and distractors left out), labelled and coloured by person
+id. Writes ``tsne.json`` (coordinates, labels, per run and member) and ``tsne.png`` (one
+panel per run and member). Datasets: digits, cifar10, cifar100, market1501.
 """
-
 import os
 import sys
 
@@ -25,7 +29,9 @@ def define_flags():
     _common.define("list", "members", None, "Member indices to embed (default: all).")
     _common.define("string", "output_dir", None, "Where tsne.json/.png go.")
     _common.define("enum", "split", "test", ["train", "test"], "Images to embed (no augmentation).")
-    _common.define("integer", "limit", 1000, "Embed the first N images.")
+    _common.define("integer", "limit", 1000, "Embed the first N images (after --identities).")
+    _common.define("integer", "identities", None,
+                   "Keep only the images of the first N distinct labels (identities) in sorted order.")
     _common.define("float", "perplexity", 30.0, "t-SNE perplexity (must be < number of images).")
     _common.define("integer", "seed", 0, "t-SNE random state.")
     _common.define("integer", "batch_size", None, "Feature extraction batch size (default: the run's).")
@@ -42,7 +48,7 @@ def embed(features, perplexity=30.0, seed=0):
 
 
 def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity=30.0, seed=0,
-            batch_size=None, data_dir=None, log=print):
+            batch_size=None, data_dir=None, identities=None, log=print):
     """Extracts, embeds, writes and returns the coordinates (see the module docstring)."""
     import numpy as np
 
@@ -53,6 +59,9 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
         raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
     if limit is None or limit < 5:
         raise app.UsageError(f"--limit must be >= 5; got {limit}.")
+    if identities is not None and (isinstance(identities, bool) or not isinstance(identities, int)
+                                   or identities < 1):
+        raise app.UsageError(f"--identities must be a positive integer; got {identities!r}.")
     if not perplexity or perplexity <= 0 or perplexity >= limit:
         raise app.UsageError(f"--perplexity must be in (0, --limit={limit}); got {perplexity}.")
     wanted = None if not members else _common.parse_ints(members, "members", minimum=0)
@@ -60,9 +69,10 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
     entries = []
     for run_dir, results, run_members in _common.read_runs(runs):
         config = results.get("config") or {}
-        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit)
+        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit, identities)
         if perplexity >= n:
-            raise app.UsageError(f"--perplexity={perplexity} must be below the {n} images of {run_dir}.")
+            raise app.UsageError(f"--perplexity={perplexity} must be below the {n} images of {run_dir} "
+                                 f"(--limit={limit}, --identities={identities}).")
         labels = np.concatenate([np.asarray(y) for _, y in dataset])
         label = _common.run_label(run_dir, config)
         chosen = [m for m in run_members if wanted is None or m["index"] in wanted]
@@ -81,8 +91,9 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
                             "feature_dim": int(feats.shape[1]), "coordinates": coords.tolist(),
                             "labels": labels.tolist()})
 
-    payload = {"split": split, "num_images": len(entries[0]["labels"]), "perplexity": perplexity,
-               "seed": seed, "feature_layer": "features", "embeddings": entries}
+    payload = {"split": split, "num_images": len(entries[0]["labels"]), "identities": identities,
+               "limit": limit, "perplexity": perplexity, "seed": seed, "feature_layer": "features",
+               "embeddings": entries}
     cols = min(len(entries), 4)
     rows = -(-len(entries) // cols)
     import matplotlib
@@ -93,8 +104,9 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
     for ax, e in zip(axes.flat, entries):
         xy = np.asarray(e["coordinates"])
-        ax.scatter(xy[:, 0], xy[:, 1], c=e["labels"], cmap="tab20" if max(e["labels"]) >= 10 else "tab10",
-                   s=4)
+        classes, codes = np.unique(e["labels"], return_inverse=True)  # colour k = k-th label (ids are sparse)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        ax.scatter(xy[:, 0], xy[:, 1], c=codes % cmap.N, cmap=cmap, vmin=0, vmax=cmap.N - 1, s=4)
         ax.set_title(f"{e['label']} member {e['member']}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -109,7 +121,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     F = _common.FLAGS
-    compute(F.runs, F.output_dir, F.members, F.split, F.limit, F.perplexity, F.seed, F.batch_size, F.data_dir)
+    compute(F.runs, F.output_dir, F.members, F.split, F.limit, F.perplexity, F.seed, F.batch_size, F.data_dir,
+            F.identities)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""What every dataset loader returns."""
+"""What every dataset loader returns, and the image selection of the analysis tools."""
 
 import dataclasses
 from typing import Any, Optional
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -26,3 +27,25 @@ class DatasetBundle:
     test_size: int = 0
     extras: dict = dataclasses.field(default_factory=dict)
     info: Any = None
+
+
+def select_images(labels, identities=None, limit=None):
+    """Indices (stored order) of the images an analysis keeps (tools/tsne.py, Fig. 5).
+
+    ``identities``: only images whose label is one of the first ``identities``
+    distinct labels >= 0 in sorted order (-1, an unlabelled image, is no identity);
+    then ``limit``: the first ``limit`` of those. ValueError when none is left.
+    """
+    from dml_tf.data.pipeline import check_positive_int
+
+    labels = np.asarray(labels).reshape(-1)
+    for name, value in (("identities", identities), ("limit", limit)):
+        if value is not None:
+            check_positive_int(name, value)
+    keep = np.arange(len(labels))
+    if identities is not None:
+        keep = np.flatnonzero(np.isin(labels, np.unique(labels[labels >= 0])[:identities]))
+    keep = keep[:limit]
+    if not len(keep):
+        raise ValueError(f"No image is left to analyse (identities={identities}, limit={limit}).")
+    return keep

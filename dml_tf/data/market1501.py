@@ -16,7 +16,9 @@ anything else in a folder (the archive ships ``Thumbs.db`` files) is ignored. A
 Training labels: the ids of ``bounding_box_train`` relabelled ``0..N-1`` in sorted order
 of the original id (N = 751 on the real set). Junk (-1) and distractor (0000) images do
 not belong in ``bounding_box_train``; if some are there they are dropped and counted in
-``bundle.info["dropped"]``.
+``bundle.info["dropped"]``. :func:`train_labels` is that labelling, shared with
+:func:`unaugmented_split`, which serves the analysis tools (Fig. 4 statistics on the
+training images, Fig. 5 t-SNE on the gallery) the images without augmentation.
 
 Preprocessing follows the original implementation: decode the JPEG, convert to float in
 [0, 1], resize (bilinear) to the network input (224x224 by default, the MobileNet /
@@ -394,14 +396,22 @@ class Market1501Split:
         return len(self.ids)
 
 
-def _encoded_dataset(listing, shards):
-    """JPEG bytes of a split, in listing order."""
+def _encoded_dataset(listing, shards, indices=None):
+    """JPEG bytes of a split in listing order; only the (increasing) ``indices`` if given."""
     import tensorflow as tf
 
     if shards is None:
-        return tf.data.Dataset.from_tensor_slices(listing.paths).map(tf.io.read_file)
+        paths = listing.paths if indices is None else listing.paths[indices]
+        return tf.data.Dataset.from_tensor_slices(paths).map(tf.io.read_file)
     spec = {"image/encoded": _record_features()["image/encoded"]}
-    return tf.data.TFRecordDataset(shards).map(lambda r: tf.io.parse_single_example(r, spec)["image/encoded"])
+    encoded = tf.data.TFRecordDataset(shards).map(lambda r: tf.io.parse_single_example(r, spec)["image/encoded"])
+    if indices is None:
+        return encoded
+    mask = np.zeros(len(listing), bool)
+    mask[indices] = True
+    return tf.data.Dataset.zip(encoded, tf.data.Dataset.from_tensor_slices(mask)).filter(lambda e, m: m).map(
+        lambda e, m: e
+    )
 
 
 def _eval_split(listing, shards, image_size, batch_size):
@@ -453,6 +463,63 @@ def _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, s
         rng = np.random.default_rng(seed)
         return np.sort(rng.choice(train_ids, labeled_ids, replace=False))
     raise ValueError(f"Unknown labeled_selection {labeled_selection!r}; expected 'random' or 'first'.")
+
+
+def _open(data_dir, source, tfrecord_dir, skip_unparsable, splits=tuple(FOLDERS)):
+    """Lists ``splits`` from the folders or the TFRecords, as ``source`` says.
+
+    ``source="auto"`` reads the TFRecords when a finished conversion is in
+    ``tfrecord_dir`` (default ``data_dir/tfrecords``), else the folders. A missing
+    ``gt_bbox`` is left out. Returns ``(listings, shards, source, data_dir,
+    tfrecord_dir)``; ``shards[split]`` is None for a folder.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"Unknown source {source!r}; expected one of {list(SOURCES)}.")
+    if tfrecord_dir is None:
+        data_dir = _check_data_dir(data_dir)
+        tfrecord_dir = os.path.join(data_dir, TFRECORD_SUBDIR)
+    tfrecord_dir = os.path.abspath(os.path.expanduser(os.fspath(tfrecord_dir)))
+    if source == "auto":
+        source = "tfrecords" if os.path.isfile(os.path.join(tfrecord_dir, MANIFEST)) else "folders"
+
+    listings, shards = {}, {}
+    if source == "tfrecords":
+        manifest = _read_manifest(tfrecord_dir)
+        for split in splits:
+            if split in manifest["splits"]:
+                listings[split], shards[split] = _tfrecord_listing(tfrecord_dir, manifest, split)
+            elif split in REQUIRED_SPLITS:
+                raise DataError(f"The Market-1501 TFRecords in {tfrecord_dir} have no {split} split; convert again.")
+    else:
+        data_dir = _check_data_dir(data_dir)
+        for split in splits:
+            if split == "gt_bbox" and not os.path.isdir(split_folder(data_dir, split)):
+                logger.warning("Market-1501: no gt_bbox folder in %s; multi-query evaluation unavailable.", data_dir)
+                continue
+            listings[split] = list_split(data_dir, split, skip_unparsable)
+            shards[split] = None
+    return listings, shards, source, data_dir, tfrecord_dir
+
+
+def train_labels(ids, labeled_ids=None, labeled_fraction=None, labeled_selection="random", seed=0):
+    """Class labels of ``bounding_box_train`` images with original person ``ids``.
+
+    Label k is the k-th of ``class_ids``: the sorted training ids (id > 0), or for
+    semi-supervised training (Sec. 4.10; ``labeled_ids`` etc. as in :func:`load`) the
+    sorted labelled ids. Unlabelled, junk (-1) and distractor (0) images get -1.
+    Returns ``(labels int32, class_ids, train_ids, labelled ids or None for all)``.
+    """
+    ids = np.asarray(ids)
+    keep = ids > 0
+    if not keep.any():
+        raise DataError("Market-1501 bounding_box_train holds no image of a real identity (id > 0).")
+    train_ids = np.unique(ids[keep])
+    labelled = _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, seed)
+    class_ids = train_ids if labelled is None else labelled
+    position = np.minimum(np.searchsorted(class_ids, ids), len(class_ids) - 1)
+    labels = np.where(class_ids[position] == ids, position, -1).astype(np.int32)
+    labels[~keep] = -1
+    return labels, class_ids, train_ids, labelled
 
 
 def load(
@@ -511,33 +578,9 @@ def load(
     batch_size = _positive_int("batch_size", batch_size)
     eval_batch_size = batch_size if eval_batch_size is None else _positive_int("eval_batch_size", eval_batch_size)
     image_size = parse_image_size(image_size)
-    if source not in SOURCES:
-        raise ValueError(f"Unknown source {source!r}; expected one of {list(SOURCES)}.")
     seed = 0 if seed is None else int(seed)
 
-    if tfrecord_dir is None:
-        data_dir = _check_data_dir(data_dir)
-        tfrecord_dir = os.path.join(data_dir, TFRECORD_SUBDIR)
-    tfrecord_dir = os.path.abspath(os.path.expanduser(os.fspath(tfrecord_dir)))
-    if source == "auto":
-        source = "tfrecords" if os.path.isfile(os.path.join(tfrecord_dir, MANIFEST)) else "folders"
-
-    listings, shards = {}, {}
-    if source == "tfrecords":
-        manifest = _read_manifest(tfrecord_dir)
-        for split in FOLDERS:
-            if split in manifest["splits"]:
-                listings[split], shards[split] = _tfrecord_listing(tfrecord_dir, manifest, split)
-            elif split in REQUIRED_SPLITS:
-                raise DataError(f"The Market-1501 TFRecords in {tfrecord_dir} have no {split} split; convert again.")
-    else:
-        data_dir = _check_data_dir(data_dir)
-        for split in FOLDERS:
-            if split == "gt_bbox" and not os.path.isdir(split_folder(data_dir, split)):
-                logger.warning("Market-1501: no gt_bbox folder in %s; multi-query evaluation unavailable.", data_dir)
-                continue
-            listings[split] = list_split(data_dir, split, skip_unparsable)
-            shards[split] = None
+    listings, shards, source, data_dir, tfrecord_dir = _open(data_dir, source, tfrecord_dir, skip_unparsable)
 
     # ---- training labels
     train = listings["train"]
@@ -549,15 +592,9 @@ def load(
             dropped["junk"],
             dropped["distractor"],
         )
-    if not keep.any():
-        raise DataError("Market-1501 bounding_box_train holds no image of a real identity (id > 0).")
-    train_ids = np.unique(train.ids[keep])
-    labelled = _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, seed)
-    class_ids = train_ids if labelled is None else labelled
-    position = np.searchsorted(class_ids, train.ids)
-    position = np.minimum(position, len(class_ids) - 1)
-    labels = np.where(class_ids[position] == train.ids, position, -1).astype(np.int32)
-    labels[~keep] = -1
+    labels, class_ids, train_ids, labelled = train_labels(
+        train.ids, labeled_ids, labeled_fraction, labeled_selection, seed
+    )
 
     num_kept = int(keep.sum())
     kept_labels = labels[keep]
@@ -569,14 +606,10 @@ def load(
             .map(lambda p, y: (tf.io.read_file(p), y))
         )
     else:
-        examples = (
-            tf.data.Dataset.zip(
-                _encoded_dataset(train, shards["train"]), tf.data.Dataset.from_tensor_slices((keep, labels))
-            )
-            .filter(lambda e, kl: kl[0])
-            .map(lambda e, kl: (e, kl[1]))
-            .shuffle(num_kept, seed=seed, reshuffle_each_iteration=True)
-        )
+        examples = tf.data.Dataset.zip(
+            _encoded_dataset(train, shards["train"], np.flatnonzero(keep)),
+            tf.data.Dataset.from_tensor_slices(kept_labels),
+        ).shuffle(num_kept, seed=seed, reshuffle_each_iteration=True)
     flips = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).map(lambda r: r % 2 == 1)
     train_dataset = (
         tf.data.Dataset.zip(examples, flips)
@@ -618,3 +651,57 @@ def load(
         extras=extras,
         info=info,
     )
+
+
+def unaugmented_split(
+    split,
+    data_dir=None,
+    batch_size=64,
+    image_size=DEFAULT_IMAGE_SIZE,
+    limit=None,
+    identities=None,
+    labeled_ids=None,
+    labeled_fraction=None,
+    labeled_selection="random",
+    seed=0,
+    source="auto",
+    tfrecord_dir=None,
+    skip_unparsable=False,
+):
+    """Images of real identities WITHOUT augmentation, for the analyses (Fig. 4, Fig. 5).
+
+    ``split="train"``: the ``bounding_box_train`` images with id > 0 in stored (sorted
+    file name) order, labelled as :func:`load` with the same arguments labels them
+    (class indices; -1 for the unlabelled ids of a semi-supervised run). ``split="test"``:
+    the gallery (``bounding_box_test``) images of real identities (junk -1 and
+    distractors 0000 left out), labelled with their ORIGINAL person id (Fig. 5 colours
+    by identity). Images are preprocessed as the evaluation splits (:func:`preprocess`,
+    no flip); ``source``/``tfrecord_dir`` as in :func:`load`. ``identities`` and
+    ``limit`` select images as :func:`dml_tf.data.base.select_images` does.
+
+    Returns ``(tf.data.Dataset of (images, labels int32) batches, number of images)``.
+    """
+    import tensorflow as tf
+
+    from dml_tf.data.base import select_images
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
+    batch_size = _positive_int("batch_size", batch_size)
+    image_size = parse_image_size(image_size)
+    folder = "train" if split == "train" else "gallery"
+    listings, shards = _open(data_dir, source, tfrecord_dir, skip_unparsable, (folder,))[:2]
+    listing = listings[folder]
+    if split == "train":
+        labels = train_labels(listing.ids, labeled_ids, labeled_fraction, labeled_selection, seed)[0]
+    else:
+        labels = listing.ids.astype(np.int32)
+    real = np.flatnonzero(listing.ids > 0)
+    if not len(real):
+        raise DataError(f"Market-1501 {FOLDERS[folder]} holds no image of a real identity (id > 0).")
+    indices = real[select_images(labels[real], identities, limit)]
+    images = _encoded_dataset(listing, shards[folder], indices).map(
+        lambda e: preprocess(e, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    dataset = tf.data.Dataset.zip(images, tf.data.Dataset.from_tensor_slices(labels[indices]))
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), len(indices)

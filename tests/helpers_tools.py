@@ -1,0 +1,53 @@
+"""Shared by the tool tests: a tools/ script as a module, or run as commands."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_tool(name):
+    """``tools/NAME.py`` imported as a fresh module (its ``compute`` is called in process)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(*commands, timeout=300):
+    """Runs every ``(NAME, [flags])`` as ``python tools/NAME.py FLAGS`` from the repository
+    root, all at once (each process mostly imports TensorFlow: they overlap well), and
+    returns their ``subprocess.CompletedProcess`` in order. Fails past ``timeout`` s."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    started, deadline = [], time.monotonic() + timeout
+    try:
+        for name, flags in commands:
+            args = [sys.executable, os.path.join("tools", f"{name}.py"), *flags]
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            started.append((subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err, text=True),
+                            args, out, err))
+        done = []
+        for proc, args, out, err in started:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            out.seek(0)
+            err.seek(0)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read()))
+        return done
+    finally:
+        for proc, _, out, err in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+            err.close()
+
+
+def check_ok(proc):
+    """``proc.stdout`` of a command that must have succeeded (else its output in the failure)."""
+    assert proc.returncode == 0, f"{proc.args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.stdout
