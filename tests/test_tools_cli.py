@@ -95,6 +95,8 @@ def test_tsne_command_by_identity(commands, digits_runs, market_run):
     assert digits["labels"] == test_labels[np.isin(test_labels, [0, 1])][:LIMIT].tolist()
     assert market["labels"] == [pid for pid, _ in sorted(helpers_market.GALLERY) if pid in (1, 3)]
     assert [len(e["coordinates"]) for e in (digits, market)] == [LIMIT, 7]
+    assert [e["num_images"] for e in (digits, market)] == [LIMIT, 7]
+    assert data["num_images"] is None  # the runs' counts differ
 
 
 def test_report_command(commands):

@@ -88,10 +88,12 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
                 raise app.UsageError(str(e)) from None
             coords = embed(feats, perplexity, seed)
             entries.append({"run_dir": run_dir, "label": label, "member": m["index"], "name": m.get("name"),
-                            "feature_dim": int(feats.shape[1]), "coordinates": coords.tolist(),
-                            "labels": labels.tolist()})
+                            "feature_dim": int(feats.shape[1]), "num_images": len(labels),
+                            "coordinates": coords.tolist(), "labels": labels.tolist()})
 
-    payload = {"split": split, "num_images": len(entries[0]["labels"]), "identities": identities,
+    counts = {e["num_images"] for e in entries}  # runs of different data sets may differ
+    payload = {"split": split, "num_images": counts.pop() if len(counts) == 1 else None,
+               "identities": identities,
                "limit": limit, "perplexity": perplexity, "seed": seed, "feature_layer": "features",
                "embeddings": entries}
     cols = min(len(entries), 4)
