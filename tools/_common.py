@@ -26,6 +26,38 @@ def define(kind, name, default, *args, **kwargs):
         getattr(flags, f"DEFINE_{kind}")(name, default, *args, **kwargs)
 
 
+def define_sweep_flags():
+    """The flags the training sweeps (cohort_size, semi_supervised) share: what to
+    train on, where, and the training settings that override the dataset's defaults."""
+    define("string", "dataset", "digits", "digits, cifar10, cifar100 or market1501.")
+    define("string", "data_dir", None, "Local copy of the dataset.")
+    define("string", "net", "resnet32", "Network of every member.")
+    define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
+    define("integer", "epochs", None, "Epochs (dataset default).")
+    define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
+    define("integer", "batch_size", None, "Batch size (dataset default).")
+    define("float", "learning_rate", None, "Learning rate (dataset default).")
+    define("list", "image_size", None, "H,W network input (Market-1501).")
+    define("string", "pretrained", None, "'imagenet' or a weights file for the members.")
+
+
+def sweep_overrides(net, data_dir=None, epochs=None, steps_per_epoch=None, batch_size=None,
+                    learning_rate=None, image_size=None, pretrained=None):
+    """Checks the sweep flags of :func:`define_sweep_flags` (UsageError naming the flag)
+    and returns the TrainConfig settings they override."""
+    from dml_tf import nets as dml_nets
+
+    if net not in dml_nets.names():
+        raise app.UsageError(f"--net must be one of {dml_nets.names()}; got {net!r}.")
+    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise app.UsageError(f"--{name} must be positive; got {value}.")
+    if image_size is not None:
+        image_size = tuple(parse_ints(image_size, "image_size", minimum=1))
+    return dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                learning_rate=learning_rate, image_size=image_size, pretrained=pretrained)
+
+
 def split_list(value, name):
     """A comma list flag value (list or string) as a list of non-empty strings."""
     if value is None:
@@ -140,8 +172,33 @@ def run_data(config, split, batch_size=None, data_dir=None, limit=None, identiti
         raise app.UsageError(f"--data_dir={data_dir} ({dataset}, {split} split): {e}") from None
 
 
-def write_outputs(output_dir, stem, payload, figure):
-    """Writes ``stem.json`` and ``stem.png`` atomically; returns their paths."""
+def run_tool(compute, define_flags):
+    """Runs a tool as an absl app: ``define_flags()``, then ``compute`` called with the
+    flags named like its parameters (``log`` keeps its default)."""
+    import inspect
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        names = [n for n in inspect.signature(compute).parameters if n != "log"]
+        compute(**{name: FLAGS[name].value for name in names})
+
+    define_flags()
+    app.run(main)
+
+
+def runs_with_data(runs, split, batch_size=None, data_dir=None, limit=None, identities=None):
+    """For each ``--runs`` folder (all checked first): ``(run_dir, results, config,
+    members, dataset, number of images, label)`` with the run's unaugmented ``split``."""
+    for run_dir, results, members in read_runs(runs):
+        config = results.get("config") or {}
+        dataset, n = run_data(config, split, batch_size, data_dir, limit, identities)
+        yield run_dir, results, config, members, dataset, n, run_label(run_dir, config)
+
+
+def write_outputs(output_dir, stem, payload, figure, log=None):
+    """Writes ``stem.json`` and ``stem.png`` atomically (logging where, when ``log`` is
+    given); returns their paths."""
     import matplotlib.pyplot as plt
 
     from dml_tf.io_utils import atomic_savefig, atomic_write_json
@@ -152,6 +209,8 @@ def write_outputs(output_dir, stem, payload, figure):
     figure.tight_layout()
     atomic_savefig(figure, png_path, dpi=110)
     plt.close(figure)
+    if log is not None:
+        log(f"Wrote {json_path} and {png_path}")
     return json_path, png_path
 
 

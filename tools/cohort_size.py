@@ -32,19 +32,10 @@ METHODS = ("dml", "dml_e", "independent")
 
 
 def define_flags():
-    _common.define("string", "dataset", "digits", "digits, cifar10, cifar100 or market1501.")
-    _common.define("string", "data_dir", None, "Local copy of the dataset.")
-    _common.define("string", "net", "resnet32", "Network of every member.")
+    _common.define_sweep_flags()
     _common.define("integer", "max_k", 5, "Largest cohort size.")
     _common.define("list", "methods", list(METHODS), "Subset of dml, dml_e, independent.")
     _common.define("list", "seeds", ["0"], "Seeds; one cohort per seed and size.")
-    _common.define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
-    _common.define("integer", "epochs", None, "Epochs (dataset default).")
-    _common.define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
-    _common.define("integer", "batch_size", None, "Batch size (dataset default).")
-    _common.define("float", "learning_rate", None, "Learning rate (dataset default).")
-    _common.define("list", "image_size", None, "H,W network input (Market-1501).")
-    _common.define("string", "pretrained", None, "'imagenet' or a weights file for the members.")
 
 
 def run_dir_name(method, k, seed):
@@ -72,8 +63,6 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
     """Trains (or reuses) every cohort, writes and returns the Fig. 3 data."""
     import numpy as np
 
-    from dml_tf import nets as dml_nets
-
     methods = _common.split_list(methods, "methods")
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -83,18 +72,10 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
         raise app.UsageError(f"--max_k must be >= 1; got {max_k}.")
     if dataset not in ("digits", "cifar10", "cifar100", "market1501"):
         raise app.UsageError(f"--dataset must be digits, cifar10, cifar100 or market1501; got {dataset!r}.")
-    if net not in dml_nets.names():
-        raise app.UsageError(f"--net must be one of {dml_nets.names()}; got {net!r}.")
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise app.UsageError(f"--{name} must be positive; got {value}.")
-    if image_size is not None:
-        image_size = tuple(_common.parse_ints(image_size, "image_size", minimum=1))
+    overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
+                                        image_size, pretrained)
     output_dir = _common.need_output_dir(output_dir)
     market = dataset == "market1501"
-    overrides = dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                     batch_size=batch_size, learning_rate=learning_rate, image_size=image_size,
-                     pretrained=pretrained)
     total = len(seeds) * (1 + (max_k - 1) * len(methods))  # distinct runs
     done = 0
     curves, cache = {}, {}  # cache: the K = 1 run is shared by every method
@@ -145,19 +126,9 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
         ax.set(xlabel="cohort size K", ylabel=metric, title=f"{title} ({dataset}, {net})")
         ax.set_xticks(range(1, max_k + 1))
         ax.legend(fontsize=7)
-    json_path, png_path = _common.write_outputs(output_dir, "cohort_size", payload, fig)
-    log(f"Wrote {json_path} and {png_path}")
+    _common.write_outputs(output_dir, "cohort_size", payload, fig, log)
     return payload
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    F = _common.FLAGS
-    compute(F.output_dir, F.dataset, F.net, F.max_k, F.methods, F.seeds, F.data_dir, F.epochs,
-            F.steps_per_epoch, F.batch_size, F.learning_rate, F.image_size, F.pretrained)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)

@@ -67,10 +67,8 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
     _common.check_split_and_limit(split, limit)
     output_dir = _common.need_output_dir(output_dir)
     entries = []
-    for run_dir, results, members in _common.read_runs(runs):
-        config = results.get("config") or {}
-        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit)
-        label = _common.run_label(run_dir, config)
+    for run_dir, results, config, members, dataset, n, label in _common.runs_with_data(
+            runs, split, batch_size, data_dir, limit):
         log(f"{label}: {len(members)} member(s), {n} {split} images, sigmas {sigmas}, {draws} draw(s)")
         member_entries = []
         for m in members:
@@ -113,18 +111,9 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
     for ax in (ax_hist, ax_noise):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    json_path, png_path = _common.write_outputs(output_dir, "noise_robustness", payload, fig)
-    log(f"Wrote {json_path} and {png_path}")
+    _common.write_outputs(output_dir, "noise_robustness", payload, fig, log)
     return payload
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    F = _common.FLAGS
-    compute(F.runs, F.output_dir, F.sigmas, F.draws, F.seed, F.split, F.batch_size, F.limit, F.data_dir)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)

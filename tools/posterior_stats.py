@@ -54,10 +54,8 @@ def compute(runs, output_dir, split="train", batch_size=None, limit=None, data_d
         raise app.UsageError(f"--batch_size must be positive; got {batch_size}.")
     output_dir = _common.need_output_dir(output_dir)
     entries = []
-    for run_dir, results, members in _common.read_runs(runs):
-        config = results.get("config") or {}
-        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit)
-        label = _common.run_label(run_dir, config)
+    for run_dir, results, config, members, dataset, n, label in _common.runs_with_data(
+            runs, split, batch_size, data_dir, limit):
         log(f"{label}: {len(members)} member(s), {n} {split} images of {config.get('dataset')}")
         member_stats, cohort = [], []
         for m in members:
@@ -111,18 +109,9 @@ def compute(runs, output_dir, split="train", batch_size=None, limit=None, data_d
     ax_teach.set(ylabel="target entropy (nats)", title="Teaching signal entropy")
     if teach:
         ax_teach.legend(fontsize=7)
-    json_path, png_path = _common.write_outputs(output_dir, "posterior_stats", payload, fig)
-    log(f"Wrote {json_path} and {png_path}")
+    _common.write_outputs(output_dir, "posterior_stats", payload, fig, log)
     return payload
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    F = _common.FLAGS
-    compute(F.runs, F.output_dir, F.split, F.batch_size, F.limit, F.data_dir)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)

@@ -254,12 +254,5 @@ def compute(runs_dir, output=None, log=print):
     return text
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    compute(_common.FLAGS.runs_dir, _common.FLAGS.output)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)

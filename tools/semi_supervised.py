@@ -34,20 +34,11 @@ LABELS = {"single": "single network (labelled)", "dml_labelled": "DML-labelled",
 
 
 def define_flags():
-    _common.define("string", "dataset", "digits", "digits, cifar10, cifar100 or market1501.")
-    _common.define("string", "data_dir", None, "Local copy of the dataset.")
-    _common.define("string", "net", "resnet32", "Network of every member.")
+    _common.define_sweep_flags()
     _common.define("list", "fractions", None, "Labelled fractions in (0, 1] (CIFAR, digits).")
     _common.define("list", "labeled_ids", None, "Numbers of labelled identities (Market-1501).")
     _common.define("list", "methods", list(METHODS), "Subset of single, dml_labelled, dml_all.")
     _common.define("list", "seeds", ["0"], "Seeds (also choose the labelled subset).")
-    _common.define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
-    _common.define("integer", "epochs", None, "Epochs (dataset default).")
-    _common.define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
-    _common.define("integer", "batch_size", None, "Batch size (dataset default).")
-    _common.define("float", "learning_rate", None, "Learning rate (dataset default).")
-    _common.define("list", "image_size", None, "H,W network input (Market-1501).")
-    _common.define("string", "pretrained", None, "'imagenet' or a weights file for the members.")
 
 
 def make_config(method, amount, seed, output_dir, dataset, net, market, **overrides):
@@ -68,8 +59,6 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
     """Trains (or reuses) every run of the sweep; writes and returns the Fig. 6 data."""
     import numpy as np
 
-    from dml_tf import nets as dml_nets
-
     if dataset not in ("digits", "cifar10", "cifar100", "market1501"):
         raise app.UsageError(f"--dataset must be digits, cifar10, cifar100 or market1501; got {dataset!r}.")
     market = dataset == "market1501"
@@ -88,17 +77,9 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
     if not methods or any(m not in METHODS for m in methods):
         raise app.UsageError(f"--methods must be a subset of {list(METHODS)}; got {methods}.")
     seeds = _common.parse_ints(seeds, "seeds", minimum=0)
-    if net not in dml_nets.names():
-        raise app.UsageError(f"--net must be one of {dml_nets.names()}; got {net!r}.")
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise app.UsageError(f"--{name} must be positive; got {value}.")
-    if image_size is not None:
-        image_size = tuple(_common.parse_ints(image_size, "image_size", minimum=1))
+    overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
+                                        image_size, pretrained)
     output_dir = _common.need_output_dir(output_dir)
-    overrides = dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                     batch_size=batch_size, learning_rate=learning_rate, image_size=image_size,
-                     pretrained=pretrained)
     total, done = len(methods) * len(amounts) * len(seeds), 0
     curves = {}
     for method in methods:
@@ -134,19 +115,9 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
                     yerr=[p["std"] for p in points], marker="o", capsize=3, color=f"C{i}", label=LABELS[method])
     ax.set(xlabel=axis, ylabel=metric, title=f"Semi-supervised ({dataset}, {net})")
     ax.legend(fontsize=8)
-    json_path, png_path = _common.write_outputs(output_dir, "semi_supervised", payload, fig)
-    log(f"Wrote {json_path} and {png_path}")
+    _common.write_outputs(output_dir, "semi_supervised", payload, fig, log)
     return payload
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    F = _common.FLAGS
-    compute(F.output_dir, F.dataset, F.net, F.fractions, F.labeled_ids, F.methods, F.seeds, F.data_dir,
-            F.epochs, F.steps_per_epoch, F.batch_size, F.learning_rate, F.image_size, F.pretrained)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)

@@ -67,14 +67,12 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
     wanted = None if not members else _common.parse_ints(members, "members", minimum=0)
     output_dir = _common.need_output_dir(output_dir)
     entries = []
-    for run_dir, results, run_members in _common.read_runs(runs):
-        config = results.get("config") or {}
-        dataset, n = _common.run_data(config, split, batch_size, data_dir, limit, identities)
+    for run_dir, results, config, run_members, dataset, n, label in _common.runs_with_data(
+            runs, split, batch_size, data_dir, limit, identities):
         if perplexity >= n:
             raise app.UsageError(f"--perplexity={perplexity} must be below the {n} images of {run_dir} "
                                  f"(--limit={limit}, --identities={identities}).")
         labels = np.concatenate([np.asarray(y) for _, y in dataset])
-        label = _common.run_label(run_dir, config)
         chosen = [m for m in run_members if wanted is None or m["index"] in wanted]
         missing = sorted(set(wanted or []) - {m["index"] for m in run_members})
         if missing:
@@ -114,19 +112,9 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
         ax.set_yticks([])
     for ax in list(axes.flat)[len(entries):]:
         ax.axis("off")
-    json_path, png_path = _common.write_outputs(output_dir, "tsne", payload, fig)
-    log(f"Wrote {json_path} and {png_path}")
+    _common.write_outputs(output_dir, "tsne", payload, fig, log)
     return payload
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    F = _common.FLAGS
-    compute(F.runs, F.output_dir, F.members, F.split, F.limit, F.perplexity, F.seed, F.batch_size, F.data_dir,
-            F.identities)
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    _common.run_tool(compute, define_flags)
