@@ -144,8 +144,9 @@ def run(config, log=print, callbacks=()):
     train, train_count = bundle.train, bundle.train_size
     if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):
         train = labelled_only(train, config.batch_size)
-        train_count = bundle.extras.get("labeled_count") or sum(
-            int(y.shape[0]) for _, y in train)
+        train_count = bundle.labeled_size
+        if train_count is None:  # the loader cannot tell: count in one pass
+            train_count = sum(int(y.shape[0]) for _, y in train)
     batches_per_pass = math.ceil(train_count / config.batch_size)
     steps_per_epoch = config.steps_per_epoch or batches_per_pass
 

@@ -186,7 +186,7 @@ def test_labeled_fraction_per_class(tmp_path):
     bundle = cifar.load("cifar10", data_dir=tmp_path, batch_size=50, seed=1, labeled_fraction=0.4)
     mask = bundle.extras["labeled_mask"]
     raw = cifar.read_arrays("cifar10", tmp_path)["train_labels"]
-    assert bundle.extras["labeled_count"] == 20
+    assert bundle.labeled_size == 20
     for c in range(10):
         assert mask[raw == c].sum() == 2  # round(0.4 * 5)
     _, labels = _collect(bundle.train)
@@ -195,7 +195,7 @@ def test_labeled_fraction_per_class(tmp_path):
     again = cifar.load("cifar10", data_dir=tmp_path, seed=1, labeled_fraction=0.4)
     np.testing.assert_array_equal(again.extras["labeled_mask"], mask)
     tiny = cifar.load("cifar10", data_dir=tmp_path, seed=1, labeled_fraction=0.01)
-    assert tiny.extras["labeled_count"] == 10  # at least one per class
+    assert tiny.labeled_size == 10  # at least one per class
     _, test_labels = _collect(bundle.test)
     assert test_labels.min() >= 0  # the test split keeps all labels
 

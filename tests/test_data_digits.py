@@ -79,7 +79,7 @@ def test_train_deterministic_and_labeled_fraction():
     train_labels = load_digits().target[digits.split_indices(load_digits().target)[0]]
     for c in range(10):
         assert mask[train_labels == c].sum() == int(np.floor(0.1 * (train_labels == c).sum() + 0.5))
-    assert a.extras["labeled_count"] == mask.sum() < 160
+    assert a.labeled_size == mask.sum() < 160
     with pytest.raises(ValueError):
         digits.load(labeled_fraction=2)
     with pytest.raises(TypeError):

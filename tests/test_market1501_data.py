@@ -159,7 +159,7 @@ def test_labeled_ids(market):
     np.testing.assert_array_equal(first.info["labeled_ids"], [2, 7])
     _, labels = _epoch(first.train)
     assert sorted(labels.tolist()) == [-1] * 5 + [0, 0, 0, 1, 1]  # ids 2 (3 images), 7 (2)
-    assert first.train_size == 10 and first.info["num_labeled_images"] == 5
+    assert first.train_size == 10 and first.labeled_size == 5
     rand = market1501.load(data_dir, image_size=SIZE, labeled_ids=2, seed=3)
     again = market1501.load(data_dir, image_size=SIZE, labeled_ids=2, seed=3)
     np.testing.assert_array_equal(rand.info["labeled_ids"], again.info["labeled_ids"])

@@ -15,7 +15,9 @@ class DatasetBundle:
     (shuffled and augmented; label -1 marks an unlabelled image); ``test`` yields
     the same without augmentation, in a fixed order (``None`` where the dataset
     has no classification test split, e.g. Market-1501, whose evaluation is
-    retrieval and lives in ``extras``).
+    retrieval and lives in ``extras``). ``labeled_size`` is the number of training
+    images that keep a label (all of them unless semi-supervised); ``None`` where
+    the loader cannot tell without a pass over the data (ImageNet's hashed subset).
     """
 
     name: str
@@ -27,6 +29,7 @@ class DatasetBundle:
     test_size: int = 0
     extras: dict = dataclasses.field(default_factory=dict)
     info: Any = None
+    labeled_size: Optional[int] = None
 
 
 def select_images(labels, identities=None, limit=None):

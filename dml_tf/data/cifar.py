@@ -331,7 +331,7 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
       shuffle_buffer: tf.data shuffle buffer; None = the whole training set.
 
     ``extras``: ``mean``/``std`` (per channel, [0, 1] scale, of the training
-    images), ``labeled_mask`` (bool per training image), ``labeled_count``,
+    images), ``labeled_mask`` (bool per training image),
     ``class_names``, ``source`` ("data_dir" or "tfds").
     """
     layout = _layout(name)
@@ -362,11 +362,11 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
         input_shape=IMAGE_SHAPE,
         train_size=len(train_images),
         test_size=len(test_images),
+        labeled_size=int(mask.sum()),
         extras={
             "mean": mean,
             "std": std,
             "labeled_mask": mask,
-            "labeled_count": int(mask.sum()),
             "class_names": arrays["class_names"],
             "source": "tfds" if data_dir is None else "data_dir",
         },

@@ -110,11 +110,11 @@ def load(data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buf
         input_shape=IMAGE_SHAPE,
         train_size=len(arrays["train_images"]),
         test_size=len(arrays["test_images"]),
+        labeled_size=int(mask.sum()),
         extras={
             "mean": mean,
             "std": std,
             "labeled_mask": mask,
-            "labeled_count": int(mask.sum()),
             "class_names": [str(d) for d in range(NUM_CLASSES)],
             "split_seed": SPLIT_SEED,
         },

@@ -634,7 +634,6 @@ def load(
         "train_ids": class_ids,
         "all_train_ids": train_ids,
         "labeled_ids": labelled,
-        "num_labeled_images": int((labels >= 0).sum()),
         "dropped": dropped,
         "unparsable_skipped": {s: l.num_unparsable_skipped for s, l in listings.items()},
         "image_size": image_size,
@@ -648,6 +647,7 @@ def load(
         input_shape=(image_size[0], image_size[1], 3),
         train_size=num_kept,
         test_size=0,
+        labeled_size=int((labels >= 0).sum()),
         extras=extras,
         info=info,
     )
