@@ -67,13 +67,13 @@ class LayerFactory:
         # He et al. 2015 normal init, fan-out mode (as in the ResNet / WRN reference code).
         return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal", seed=self.seed())
 
-    def conv(self, filters, kernel, name, strides=1, use_bias=False):
+    def conv(self, filters, kernel, name, strides=1):
         return keras.layers.Conv2D(
             filters,
             kernel,
             strides=strides,
             padding="same",
-            use_bias=use_bias,
+            use_bias=False,
             kernel_initializer=self.conv_init(),
             kernel_regularizer=self.regularizer,
             name=name,
@@ -94,6 +94,12 @@ class LayerFactory:
         return keras.layers.BatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, scale=scale, name=name
         )
+
+    def conv_bn_relu(self, x, filters, kernel, name, strides=1, scale=True, max_value=None):
+        """``name`` conv -> ``{name}_bn`` -> ``{name}_relu`` (ReLU6 with ``max_value=6``)."""
+        x = self.conv(filters, kernel, strides=strides, name=name)(x)
+        x = self.bn(f"{name}_bn", scale=scale)(x)
+        return keras.layers.ReLU(max_value, name=f"{name}_relu")(x)
 
     def head(self, x, num_classes, dropout=0.0):
         """Global average pool (the ``features`` layer), optional dropout, ``logits`` Dense."""

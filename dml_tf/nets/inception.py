@@ -42,22 +42,16 @@ _MIXED = (
 )
 
 
-def _conv_bn_relu(f, x, filters, kernel, name, strides=1):
-    x = f.conv(filters, kernel, strides=strides, name=name)(x)
-    x = f.bn(f"{name}_bn", scale=False)(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
 def _mixed(f, x, name, filters, branch3_kernel):
     b0, b1r, b1, b2r, b2, b3 = filters
     k = branch3_kernel
-    y0 = _conv_bn_relu(f, x, b0, 1, f"{name}_Branch_0_Conv2d_0a_1x1")
-    y1 = _conv_bn_relu(f, x, b1r, 1, f"{name}_Branch_1_Conv2d_0a_1x1")
-    y1 = _conv_bn_relu(f, y1, b1, 3, f"{name}_Branch_1_Conv2d_0b_3x3")
-    y2 = _conv_bn_relu(f, x, b2r, 1, f"{name}_Branch_2_Conv2d_0a_1x1")
-    y2 = _conv_bn_relu(f, y2, b2, k, f"{name}_Branch_2_Conv2d_0b_{k}x{k}")
+    y0 = f.conv_bn_relu(x, b0, 1, f"{name}_Branch_0_Conv2d_0a_1x1", scale=False)
+    y1 = f.conv_bn_relu(x, b1r, 1, f"{name}_Branch_1_Conv2d_0a_1x1", scale=False)
+    y1 = f.conv_bn_relu(y1, b1, 3, f"{name}_Branch_1_Conv2d_0b_3x3", scale=False)
+    y2 = f.conv_bn_relu(x, b2r, 1, f"{name}_Branch_2_Conv2d_0a_1x1", scale=False)
+    y2 = f.conv_bn_relu(y2, b2, k, f"{name}_Branch_2_Conv2d_0b_{k}x{k}", scale=False)
     y3 = keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_Branch_3_MaxPool_0a_3x3")(x)
-    y3 = _conv_bn_relu(f, y3, b3, 1, f"{name}_Branch_3_Conv2d_0b_1x1")
+    y3 = f.conv_bn_relu(y3, b3, 1, f"{name}_Branch_3_Conv2d_0b_1x1", scale=False)
     return keras.layers.Concatenate(name=name)([y0, y1, y2, y3])
 
 
@@ -84,11 +78,11 @@ def inception_v1(
         raise ValueError(f"branch3_kernel must be 3 or 5, got {branch3_kernel!r}")
     f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.99, bn_epsilon=1e-3)
     inputs = _common.images_input(input_shape)
-    x = _conv_bn_relu(f, inputs, 64, 7, "Conv2d_1a_7x7", strides=1 if small else 2)
+    x = f.conv_bn_relu(inputs, 64, 7, "Conv2d_1a_7x7", strides=1 if small else 2, scale=False)
     if not small:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="MaxPool_2a_3x3")(x)
-    x = _conv_bn_relu(f, x, 64, 1, "Conv2d_2b_1x1")
-    x = _conv_bn_relu(f, x, 192, 3, "Conv2d_2c_3x3")
+    x = f.conv_bn_relu(x, 64, 1, "Conv2d_2b_1x1", scale=False)
+    x = f.conv_bn_relu(x, 192, 3, "Conv2d_2c_3x3", scale=False)
     if not small:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="MaxPool_3a_3x3")(x)
     for block, filters in _MIXED:

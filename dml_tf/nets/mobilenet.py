@@ -63,17 +63,13 @@ def mobilenet_v1(
     dropout = _common.check_rate(dropout, "dropout")
     f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.99, bn_epsilon=1e-3)
     inputs = _common.images_input(input_shape)
-    x = f.conv(32, 3, strides=1 if small else 2, name="conv1")(inputs)
-    x = f.bn("conv1_bn")(x)
-    x = keras.layers.ReLU(6.0, name="conv1_relu")(x)
+    x = f.conv_bn_relu(inputs, 32, 3, "conv1", strides=1 if small else 2, max_value=6.0)
     for block_id, (filters, strides) in enumerate(_BLOCKS, start=1):
         if small and block_id in _SMALL_INPUT_STRIDE1_BLOCKS:
             strides = 1
         x = f.depthwise(f"conv_dw_{block_id}", strides=strides, regularize=regularize_depthwise)(x)
         x = f.bn(f"conv_dw_{block_id}_bn")(x)
         x = keras.layers.ReLU(6.0, name=f"conv_dw_{block_id}_relu")(x)
-        x = f.conv(filters, 1, name=f"conv_pw_{block_id}")(x)
-        x = f.bn(f"conv_pw_{block_id}_bn")(x)
-        x = keras.layers.ReLU(6.0, name=f"conv_pw_{block_id}_relu")(x)
+        x = f.conv_bn_relu(x, filters, 1, f"conv_pw_{block_id}", max_value=6.0)
     logits = f.head(x, num_classes, dropout)
     return keras.Model(inputs, logits, name=name or "mobilenet")

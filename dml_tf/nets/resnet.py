@@ -87,9 +87,7 @@ def cifar_resnet(
     n = (depth - 2) // 6
     f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.9, bn_epsilon=1e-5)
     inputs = _common.images_input(input_shape)
-    x = f.conv(16, 3, name="conv1")(inputs)
-    x = f.bn("conv1_bn")(x)
-    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = f.conv_bn_relu(inputs, 16, 3, "conv1")
     for stage, filters in enumerate((16, 32, 64), start=1):
         for block in range(1, n + 1):
             strides = 2 if (stage > 1 and block == 1) else 1
