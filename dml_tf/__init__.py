@@ -12,7 +12,8 @@ from dml_tf.cohort import MutualLearningModel
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("data", "nets", "reid", "losses", "cohort", "errors", "io_utils")
+# Imported on first use (``losses`` and ``cohort`` are imported above).
+_SUBMODULES = ("data", "nets", "reid", "errors", "io_utils")
 
 
 def __getattr__(name):

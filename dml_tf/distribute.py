@@ -21,7 +21,7 @@ default strategy only.
 
 import tensorflow as tf
 
-STRATEGY_NAMES = ("default", "mirrored", "multi_worker", "tpu")
+from dml_tf.config import STRATEGIES as STRATEGY_NAMES
 
 
 def make_strategy(name, devices=None):

@@ -16,6 +16,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\..
 from absl import app, flags  # noqa: E402
 
 from dml_tf import config as cfg  # noqa: E402
+from dml_tf import losses  # noqa: E402
+from dml_tf.cohort import UPDATES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -27,12 +29,12 @@ flags.DEFINE_string("model_dir", "runs/default", "Output folder (checkpoints, lo
 flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and data order, no "
                   "mimicry); distill (last net learns from the frozen earlier ones, --teacher).")
 flags.DEFINE_list("teacher", [], "Saved teacher member files (.keras), one per teacher net.")
-flags.DEFINE_enum("update", "sequential", ["sequential", "simultaneous"],
+flags.DEFINE_enum("update", "sequential", list(UPDATES),
                   "Algorithm 1 (sequential) or the distributed variant of Sec. 4.5.")
-flags.DEFINE_enum("mimicry", "kl", ["kl", "js", "ensemble"],
+flags.DEFINE_enum("mimicry", "kl", list(losses.MIMICRY_MODES),
                   "kl (Eq. 10), js (Eq. 7) or ensemble (DML_e, Eq. 11).")
 flags.DEFINE_float("mimicry_weight", 1.0, "Weight of the mimicry term.")
-flags.DEFINE_enum("peer_reduction", "mean", ["mean", "sum"],
+flags.DEFINE_enum("peer_reduction", "mean", list(losses.PEER_REDUCTIONS),
                   "mean: 1/(K-1) as Eq. 10; sum: the original code.")
 flags.DEFINE_float("entropy_weight", 0.0, "Confidence penalty (Table 5 'Independent, Entropy').")
 flags.DEFINE_float("feature_l2_weight", 0.0, "L2 between members' features (Table 5 'DML, L2').")
@@ -99,7 +101,7 @@ def main(argv):
     config = config_from_flags()
     try:
         runner.run(config)
-    except (cfg.ConfigError, DMLError, ValueError) as e:
+    except (DMLError, ValueError) as e:  # cfg.ConfigError is a ValueError
         raise app.UsageError(str(e)) from None
 
 

@@ -243,6 +243,7 @@ def test_save_load_round_trip_and_member_files(tmp_path):
     assert (loaded.mimicry, loaded.label_smoothing) == ("js", 0.1)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), cohort.predict(x, verbose=0), atol=1e-6)
     assert [type(o).__name__ for o in loaded._member_optimizers] == ["SGD", "Adam"]
+    assert [type(loaded.optimizer.member(k)).__name__ for k in range(2)] == ["SGD", "Adam"]
     for a, b in zip(cohort.optimizer.variables, loaded.optimizer.variables):
         np.testing.assert_allclose(a.numpy(), b.numpy())
     # Training goes on identically from the restored state.

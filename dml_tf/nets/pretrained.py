@@ -106,7 +106,7 @@ def load_backbone_weights(model, path):
             skipped.append(layer.name)
             continue
         for v, a in zip(variables, values):
-            v.assign(a.astype(v.dtype) if hasattr(a, "astype") else a)
+            v.assign(a.astype(v.dtype))
         loaded.append(layer.name)
     if not loaded:
         raise PretrainedWeightsError(
