@@ -31,10 +31,13 @@ def _loader(name):
     return getattr(importlib.import_module(module), function), fixed
 
 
+def _accepted(loader, fixed):
+    return frozenset(inspect.signature(loader).parameters) - set(fixed)
+
+
 def parameters(name):
     """The keyword arguments ``load(name, ...)`` accepts (its loader's parameters)."""
-    loader, fixed = _loader(name)
-    return frozenset(inspect.signature(loader).parameters) - set(fixed)
+    return _accepted(*_loader(name))
 
 
 def load(name, **kwargs):
@@ -44,10 +47,11 @@ def load(name, **kwargs):
     ``image_size``.
     """
     loader, fixed = _loader(name)
-    unknown = sorted(set(kwargs) - parameters(name))
+    accepted = _accepted(loader, fixed)
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise TypeError(f"Dataset {name!r} does not take {', '.join(unknown)}; it takes "
-                        f"{', '.join(sorted(parameters(name)))}.")
+                        f"{', '.join(sorted(accepted))}.")
     return loader(**fixed, **kwargs)
 
 

@@ -39,7 +39,7 @@ def select_images(labels, identities=None, limit=None):
     distinct labels >= 0 in sorted order (-1, an unlabelled image, is no identity);
     then ``limit``: the first ``limit`` of those. ValueError when none is left.
     """
-    from dml_tf.data.pipeline import check_positive_int
+    from dml_tf.data.pipeline import check_positive_int  # not at the top: pipeline imports this module
 
     labels = np.asarray(labels).reshape(-1)
     for name, value in (("identities", identities), ("limit", limit)):

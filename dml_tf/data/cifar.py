@@ -36,7 +36,6 @@ import zlib
 import numpy as np
 
 from dml_tf.data import augment, pipeline
-from dml_tf.data.base import DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -70,6 +69,10 @@ _LAYOUT = {
         "num_classes": 10,
     },
 }
+for _entry in _LAYOUT.values():
+    _entry["required"] = _entry["train"] + _entry["test"]  # the batches every copy must hold
+    _entry["files"] = _entry["required"] + (_entry["meta"],)  # everything read (meta optional)
+del _entry
 
 
 def _layout(name):
@@ -168,7 +171,7 @@ def _find_source(name, data_dir):
     """``("folder" | "archive", path)`` for ``data_dir``, or DatasetNotFoundError."""
     layout = _layout(name)
     data_dir = os.fspath(data_dir)
-    required = layout["train"] + layout["test"]
+    required = layout["required"]
     if os.path.isfile(data_dir):
         return "archive", data_dir
     if not os.path.isdir(data_dir):
@@ -196,7 +199,7 @@ def _find_source(name, data_dir):
 def _read_archive(name, path):
     """``{file name: bytes}`` of the batches (and meta, if present) in the archive."""
     layout = _layout(name)
-    wanted = {f"{layout['folder']}/{f}": f for f in layout["train"] + layout["test"] + (layout["meta"],)}
+    wanted = {f"{layout['folder']}/{f}": f for f in layout["files"]}
     found = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -208,7 +211,7 @@ def _read_archive(name, path):
             f"Could not read {path} ({type(err).__name__}: {err}): expected the intact {layout['archive']} "
             f"from {download_url(name)}; it may be truncated or corrupt -- download it again."
         ) from err
-    missing = [f for f in layout["train"] + layout["test"] if f not in found]
+    missing = [f for f in layout["required"] if f not in found]
     if missing:
         raise DataError(
             f"{path} lacks {', '.join(layout['folder'] + '/' + f for f in missing)}: expected the official "
@@ -220,7 +223,7 @@ def _read_archive(name, path):
 def _read_folder(name, folder):
     layout = _layout(name)
     files = {}
-    for f in layout["train"] + layout["test"] + (layout["meta"],):
+    for f in layout["files"]:
         path = os.path.join(folder, f)
         if os.path.isfile(path):
             with open(path, "rb") as handle:
@@ -303,8 +306,7 @@ def _read_tfds(name):
 
 def load_arrays(name, data_dir=None):
     """The raw CIFAR arrays (see :func:`read_arrays`) from ``data_dir`` or, when it is
-    None, from tensorflow-datasets."""
-    _layout(name)
+    None, from tensorflow-datasets (both validate ``name``)."""
     arrays = read_arrays(name, data_dir) if data_dir is not None else _read_tfds(name)
     for split in ("train", "test"):
         images = arrays[f"{split}_images"]
@@ -335,39 +337,31 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
     ``class_names``, ``source`` ("data_dir" or "tfds").
     """
     layout = _layout(name)
-    batch_size = pipeline.check_positive_int("batch_size", batch_size)
-    seed = pipeline.check_seed(seed)
-    fraction = pipeline.check_labeled_fraction(labeled_fraction)
-    if shuffle_buffer is not None:
-        pipeline.check_positive_int("shuffle_buffer", shuffle_buffer)
-
-    arrays = load_arrays(name, data_dir)
-    train_images, test_images = arrays["train_images"], arrays["test_images"]
-    train_labels, mask = pipeline.select_labeled(arrays["train_labels"], fraction, seed)
-    mean, std = pipeline.channel_stats(train_images)
-    logger.info("%s: %d train / %d test images, mean %s std %s", name, len(train_images), len(test_images), mean, std)
 
     def train_augment(image, element_seed):
         return augment.cifar_train_augment(image, element_seed, pad=PAD, flip=True)
 
-    train = pipeline.train_dataset(
-        train_images, train_labels, batch_size, seed, mean, std, train_augment, shuffle_buffer
-    )
-    test = pipeline.eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
-    return DatasetBundle(
-        name=name,
-        train=train,
-        test=test,
+    bundle = pipeline.classification_bundle(
+        name,
+        lambda: load_arrays(name, data_dir),
+        train_augment,
         num_classes=layout["num_classes"],
         input_shape=IMAGE_SHAPE,
-        train_size=len(train_images),
-        test_size=len(test_images),
-        labeled_size=int(mask.sum()),
-        extras={
-            "mean": mean,
-            "std": std,
-            "labeled_mask": mask,
+        batch_size=batch_size,
+        seed=seed,
+        labeled_fraction=labeled_fraction,
+        shuffle_buffer=shuffle_buffer,
+        extras=lambda arrays: {
             "class_names": arrays["class_names"],
             "source": "tfds" if data_dir is None else "data_dir",
         },
     )
+    logger.info(
+        "%s: %d train / %d test images, mean %s std %s",
+        name,
+        bundle.train_size,
+        bundle.test_size,
+        bundle.extras["mean"],
+        bundle.extras["std"],
+    )
+    return bundle

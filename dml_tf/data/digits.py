@@ -21,7 +21,6 @@ import logging
 import numpy as np
 
 from dml_tf.data import augment, pipeline
-from dml_tf.data.base import DatasetBundle
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +34,12 @@ TEST_FRACTION = 0.2
 def split_indices(labels, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED):
     """Deterministic stratified split: ``(train indices, test indices)``, each sorted.
 
-    Per class, ``round(test_fraction * n_class)`` (half up) images chosen by
-    ``np.random.default_rng(split_seed)`` go to test, the rest to train.
+    Per class, ``round(test_fraction * n_class)`` (half up, at least one) images
+    chosen by ``np.random.default_rng(split_seed)`` go to test, the rest to train:
+    the draw of :func:`dml_tf.data.pipeline.select_labeled`, whose "labelled" images
+    are the test images here (``test_fraction`` in (0, 1]).
     """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(split_seed)
-    test = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        k = int(np.floor(test_fraction * len(members) + 0.5))
-        test.extend(rng.permutation(members)[:k])
-    test_mask = np.zeros(len(labels), bool)
-    test_mask[np.asarray(test, dtype=np.int64)] = True
+    test_mask = pipeline.select_labeled(labels, test_fraction, split_seed)[1]
     return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
@@ -87,35 +80,21 @@ def load(data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buf
     ``data_dir`` is accepted for a uniform command line and ignored: the data ship
     with scikit-learn.  Other arguments as :func:`dml_tf.data.cifar.load`.
     """
-    batch_size = pipeline.check_positive_int("batch_size", batch_size)
-    seed = pipeline.check_seed(seed)
-    fraction = pipeline.check_labeled_fraction(labeled_fraction)
-    if shuffle_buffer is not None:
-        pipeline.check_positive_int("shuffle_buffer", shuffle_buffer)
-    if data_dir is not None:
-        logger.warning("digits: data_dir=%s ignored; the digits are bundled with scikit-learn.", data_dir)
 
-    arrays = load_arrays()
-    train_labels, mask = pipeline.select_labeled(arrays["train_labels"], fraction, seed)
-    mean, std = pipeline.channel_stats(arrays["train_images"])
-    train = pipeline.train_dataset(
-        arrays["train_images"], train_labels, batch_size, seed, mean, std, train_augment, shuffle_buffer
-    )
-    test = pipeline.eval_dataset(arrays["test_images"], arrays["test_labels"], batch_size, mean, std)
-    return DatasetBundle(
-        name="digits",
-        train=train,
-        test=test,
+    def arrays():  # called once the arguments are checked
+        if data_dir is not None:
+            logger.warning("digits: data_dir=%s ignored; the digits are bundled with scikit-learn.", data_dir)
+        return load_arrays()
+
+    return pipeline.classification_bundle(
+        "digits",
+        arrays,
+        train_augment,
         num_classes=NUM_CLASSES,
         input_shape=IMAGE_SHAPE,
-        train_size=len(arrays["train_images"]),
-        test_size=len(arrays["test_images"]),
-        labeled_size=int(mask.sum()),
-        extras={
-            "mean": mean,
-            "std": std,
-            "labeled_mask": mask,
-            "class_names": [str(d) for d in range(NUM_CLASSES)],
-            "split_seed": SPLIT_SEED,
-        },
+        batch_size=batch_size,
+        seed=seed,
+        labeled_fraction=labeled_fraction,
+        shuffle_buffer=shuffle_buffer,
+        extras=lambda _: {"class_names": [str(d) for d in range(NUM_CLASSES)], "split_seed": SPLIT_SEED},
     )

@@ -31,7 +31,7 @@ not an exact per-class count); the others are labelled -1.
 import logging
 import os
 
-from dml_tf.data import pipeline
+from dml_tf.data import augment, pipeline
 from dml_tf.data.base import DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
 
@@ -101,7 +101,7 @@ def preprocess_train(encoded, seed, image_size):
     """JPEG bytes -> random-resized crop + random flip, float32 [-1, 1] (stateless)."""
     import tensorflow as tf
 
-    box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    box_seed, flip_seed = tf.unstack(augment.split_seed(seed, 2))
     shape = tf.image.extract_jpeg_shape(encoded)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
@@ -175,8 +175,7 @@ def load(
     builder = tfds.builder(NAME, data_dir=tfds_data_dir)
     _prepare(builder, data_dir)
     decoders = {"image": tfds.decode.SkipDecoding()}
-    options = tf.data.Options()
-    options.deterministic = True
+    options = pipeline.deterministic_options()
 
     raw_train = builder.as_dataset(
         split="train",

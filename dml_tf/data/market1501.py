@@ -41,6 +41,7 @@ import re
 
 import numpy as np
 
+from dml_tf.data import pipeline
 from dml_tf.data.base import DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
 from dml_tf.io_utils import atomic_write_json
@@ -103,8 +104,6 @@ class SplitListing:
     filenames: np.ndarray  # base names, sorted
     ids: np.ndarray
     cams: np.ndarray
-    sequences: np.ndarray
-    frames: np.ndarray
     num_unparsable_skipped: int = 0
 
     def __len__(self):
@@ -178,8 +177,6 @@ def list_split(data_dir, split, skip_unparsable=False):
         filenames=np.array(good_names),
         ids=array[:, 0],
         cams=array[:, 1],
-        sequences=array[:, 2],
-        frames=array[:, 3],
         num_unparsable_skipped=len(bad),
     )
 
@@ -274,13 +271,8 @@ def write_tfrecords(data_dir, output_dir=None, shard_size=2000, skip_unparsable=
 
     data_dir = _check_data_dir(data_dir)
     output_dir = os.path.abspath(output_dir or os.path.join(data_dir, TFRECORD_SUBDIR))
-    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer; got {shard_size!r}.")
-    listings = {split: list_split(data_dir, split, skip_unparsable) for split in REQUIRED_SPLITS}
-    if os.path.isdir(split_folder(data_dir, "gt_bbox")):
-        listings["gt_bbox"] = list_split(data_dir, "gt_bbox", skip_unparsable)
-    else:
-        logger.warning("Market-1501: no gt_bbox folder in %s; multi-query will be unavailable.", data_dir)
+    shard_size = pipeline.check_positive_int("shard_size", shard_size)
+    listings = _open(data_dir, "folders", None, skip_unparsable)[0]
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, MANIFEST)
     if os.path.exists(manifest_path):
@@ -360,16 +352,14 @@ def _tfrecord_listing(tfrecord_dir, manifest, split):
             f"Market-1501 TFRecords of split {split} in {tfrecord_dir} hold {len(names)} examples, "
             f"the manifest says {info['num_examples']}; convert again."
         )
-    ids = np.concatenate(ids).astype(np.int64)
-    parsed = [parse_filename(n) for n in names]
+    for name in names:
+        parse_filename(name)  # DataError for a record whose file name does not parse
     return SplitListing(
         split=split,
         folder=tfrecord_dir,
         filenames=np.array(names),
-        ids=ids,
+        ids=np.concatenate(ids).astype(np.int64),
         cams=np.concatenate(cams).astype(np.int64),
-        sequences=np.array([p.sequence for p in parsed], np.int64),
-        frames=np.array([p.frame for p in parsed], np.int64),
     ), shards
 
 
@@ -433,12 +423,6 @@ def _eval_split(listing, shards, image_size, batch_size):
     )
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    return int(value)
-
-
 def _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, seed):
     """The original ids that keep their labels (all of them when nothing is asked)."""
     num_ids = len(train_ids)
@@ -447,12 +431,10 @@ def _labelled_set(train_ids, labeled_ids, labeled_fraction, labeled_selection, s
     if labeled_fraction is not None:
         if not 0.0 < float(labeled_fraction) <= 1.0:
             raise ValueError(f"labeled_fraction must be in (0, 1]; got {labeled_fraction!r}.")
-        if float(labeled_fraction) == 1.0:
-            return None
         labeled_ids = max(1, int(round(float(labeled_fraction) * num_ids)))
     if labeled_ids is None:
         return None
-    labeled_ids = _positive_int("labeled_ids", labeled_ids)
+    labeled_ids = pipeline.check_positive_int("labeled_ids", labeled_ids)
     if labeled_ids > num_ids:
         raise ValueError(f"labeled_ids={labeled_ids} but the training set has only {num_ids} identities.")
     if labeled_ids == num_ids:
@@ -575,8 +557,10 @@ def load(
     """
     import tensorflow as tf
 
-    batch_size = _positive_int("batch_size", batch_size)
-    eval_batch_size = batch_size if eval_batch_size is None else _positive_int("eval_batch_size", eval_batch_size)
+    batch_size = pipeline.check_positive_int("batch_size", batch_size)
+    eval_batch_size = (
+        batch_size if eval_batch_size is None else pipeline.check_positive_int("eval_batch_size", eval_batch_size)
+    )
     image_size = parse_image_size(image_size)
     seed = 0 if seed is None else int(seed)
 
@@ -687,7 +671,7 @@ def unaugmented_split(
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}.")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = pipeline.check_positive_int("batch_size", batch_size)
     image_size = parse_image_size(image_size)
     folder = "train" if split == "train" else "gallery"
     listings, shards = _open(data_dir, source, tfrecord_dir, skip_unparsable, (folder,))[:2]

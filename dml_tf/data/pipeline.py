@@ -12,7 +12,8 @@ epoch after epoch, in every pipeline built with it.
   element, re-drawn each epoch the same way); the element's stateless seed is
   ``(that value, image index)`` and every random choice is a ``tf.random.stateless_*``
   op of it (:mod:`dml_tf.data.augment`), so parallel maps cannot reorder randomness.
-* ``tf.data.Options().deterministic = True`` and ``map(..., deterministic=True)``.
+* :func:`deterministic_options` (``tf.data.Options().deterministic = True``) and
+  ``map(..., deterministic=True)``.
 
 As for every seeded TensorFlow op, the streams also depend on TensorFlow's global
 seed when one is set (``tf.random.set_seed`` / ``keras.utils.set_random_seed``):
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from dml_tf.data import augment
+from dml_tf.data.base import DatasetBundle
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -119,7 +121,8 @@ def channel_stats(images):
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def _options():
+def deterministic_options():
+    """``tf.data.Options`` with ``deterministic = True`` (the loaders' pipelines)."""
     options = tf.data.Options()
     options.deterministic = True
     return options
@@ -163,7 +166,7 @@ def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuff
         .batch(batch_size, drop_remainder=False)
         .prefetch(AUTOTUNE)
     )
-    return dataset.with_options(_options())
+    return dataset.with_options(deterministic_options())
 
 
 def eval_dataset(images, labels, batch_size, mean, std):
@@ -183,4 +186,53 @@ def eval_dataset(images, labels, batch_size, mean, std):
         .batch(batch_size, drop_remainder=False)
         .prefetch(AUTOTUNE)
     )
-    return dataset.with_options(_options())
+    return dataset.with_options(deterministic_options())
+
+
+def classification_bundle(
+    name,
+    load_arrays,
+    augment_fn,
+    num_classes,
+    input_shape,
+    batch_size,
+    seed,
+    labeled_fraction,
+    shuffle_buffer,
+    extras=None,
+):
+    """The :class:`DatasetBundle` of an in-memory classification data set (CIFAR, digits).
+
+    Checks the arguments, then calls ``load_arrays()`` for a dict with
+    ``train_images``/``test_images`` (NHWC uint8, or float in [0, 1]) and
+    ``train_labels``/``test_labels``; keeps ``labeled_fraction`` of each class
+    labelled (:func:`select_labeled`, drawn by ``seed``), standardises with the
+    training images' :func:`channel_stats`, and builds :func:`train_dataset` (with
+    ``augment_fn``) and :func:`eval_dataset`, both of ``batch_size``.
+
+    ``extras`` holds ``mean``/``std`` (per channel, [0, 1] scale), ``labeled_mask``
+    (bool per training image) and then whatever ``extras(arrays)`` returns.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
+    fraction = check_labeled_fraction(labeled_fraction)
+    if shuffle_buffer is not None:
+        check_positive_int("shuffle_buffer", shuffle_buffer)
+
+    arrays = load_arrays()
+    train_images, test_images = arrays["train_images"], arrays["test_images"]
+    train_labels, mask = select_labeled(arrays["train_labels"], fraction, seed)
+    mean, std = channel_stats(train_images)
+    train = train_dataset(train_images, train_labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer)
+    test = eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
+    return DatasetBundle(
+        name=name,
+        train=train,
+        test=test,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        train_size=len(train_images),
+        test_size=len(test_images),
+        labeled_size=int(mask.sum()),
+        extras={"mean": mean, "std": std, "labeled_mask": mask, **(extras(arrays) if extras else {})},
+    )
