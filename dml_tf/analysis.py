@@ -8,8 +8,8 @@
   its peers' probabilities, Eq. 11).
 * :func:`cross_entropy_loss` / :func:`noisy_losses` -- Fig. 4(a, b): training loss
   (plain cross-entropy, no label smoothing, no regulariser) before and after adding
-  independent Gaussian noise of std ``sigma`` to every TRAINABLE parameter; the
-  model's weights are restored after every draw.
+  independent Gaussian noise of std ``sigma`` to every TRAINABLE parameter (every
+  draw from the original weights); the model's weights are restored at the end.
 * :func:`read_run` / :func:`unaugmented_dataset` -- a finished run folder of
   ``dml_tf.train`` and its data without augmentation (the classification sets, and
   Market-1501: training images for Fig. 4-style statistics, gallery for Fig. 5).
@@ -131,10 +131,11 @@ def cross_entropy_loss(model, dataset, logits_fn=None):
 def noisy_losses(model, dataset, sigmas, draws=3, seed=0, log=None):
     """Fig. 4(b): training loss after Gaussian noise on every trainable parameter.
 
-    For each ``sigma`` and draw ``d``, every trainable variable ``w`` becomes
-    ``w + sigma * n`` with ``n ~ N(0, 1)`` from ``np.random.default_rng((seed, i, d))``
-    (``i`` = index of ``sigma``), the loss is measured, and the original values are
-    written back. The model's weights are unchanged on return (also on error).
+    For each ``sigma`` and draw ``d``, every trainable variable is set to ``w + sigma * n``
+    with ``w`` its ORIGINAL value and ``n ~ N(0, 1)`` from
+    ``np.random.default_rng((seed, i, d))`` (``i`` = index of ``sigma``), and the loss is
+    measured. The original values are written back at the end: the model's weights are
+    unchanged on return (also on error).
 
     Returns ``{"clean_loss", "sigmas", "losses": [[loss per draw] per sigma],
     "mean", "std"}``.
@@ -158,8 +159,6 @@ def noisy_losses(model, dataset, sigmas, draws=3, seed=0, log=None):
                     noise = rng.standard_normal(w.shape).astype(w.dtype)
                     v.assign(w + np.asarray(sigma, w.dtype) * noise)
                 row.append(cross_entropy_loss(model, dataset, logits_fn))
-                for v, w in zip(variables, originals):
-                    v.assign(w)
                 if log:
                     log(f"  sigma={sigma:g} draw {d + 1}/{draws}: loss {row[-1]:.6f}")
             losses.append(row)
@@ -183,8 +182,21 @@ DATASETS = CLASSIFICATION_DATASETS + (MARKET,)  # what unaugmented_dataset serve
 SPLITS = ("train", "test")
 
 
+def member_entries(results):
+    """The ``"members"`` of a results.json dict as new dicts, with the defaults filled in:
+    ``"index"`` = position in the list, ``"file"`` = ``member_{index}.keras``."""
+    members = []
+    for k, entry in enumerate(results.get("members") or []):
+        entry = dict(entry)
+        entry.setdefault("index", k)
+        entry["file"] = entry.get("file") or f"member_{entry['index']}.keras"
+        members.append(entry)
+    return members
+
+
 def read_run(run_dir):
-    """``(results dict, [member entries with "path"])`` of a finished ``dml_tf.train`` run.
+    """``(results dict, [member entries with "index", "file", "path"])`` of a finished
+    ``dml_tf.train`` run.
 
     Raises ValueError (message for the user) when the folder, results.json or a
     member file is missing.
@@ -196,14 +208,11 @@ def read_run(run_dir):
         raise ValueError(f"{run_dir} holds no results.json: not a finished dml_tf.train run.")
     with open(path) as f:
         results = json.load(f)
-    members = []
-    for k, entry in enumerate(results.get("members") or []):
-        entry = dict(entry)
-        entry.setdefault("index", k)
-        entry["path"] = os.path.join(run_dir, entry.get("file") or f"member_{entry['index']}.keras")
+    members = member_entries(results)
+    for entry in members:
+        entry["path"] = os.path.join(run_dir, entry["file"])
         if not os.path.isfile(entry["path"]):
             raise ValueError(f"Member file {entry['path']} listed in {path} is missing.")
-        members.append(entry)
     if not members:
         raise ValueError(f"{path} lists no members.")
     return results, members

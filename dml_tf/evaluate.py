@@ -38,6 +38,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from dml_tf.analysis import load_member, member_entries
 from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
 
 FLAGS = flags.FLAGS
@@ -94,10 +95,7 @@ def read_members(model_dir):
         with open(results_path) as f:
             results = json.load(f)
         run_flags = results.get("flags") or results.get("config") or {}
-        members = [dict(m) for m in results.get("members") or []]
-        for k, member in enumerate(members):
-            member.setdefault("index", k)
-            member.setdefault("file", f"member_{member['index']}.keras")
+        members = member_entries(results)
     else:
         members = []
         for name in sorted(os.listdir(model_dir)):
@@ -132,10 +130,6 @@ def _save_npz(path, arrays):
 # --------------------------------------------------------------------------------------
 # Scoring.
 # --------------------------------------------------------------------------------------
-def _normalise(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12).astype(np.float32)
-
-
 def _summary(result):
     from dml_tf.reid import cmc_at
 
@@ -154,8 +148,9 @@ def score_features(features, splits, mq_pool="mean", ap_mode="market1501", metri
     results, CMC arrays included).
     """
     from dml_tf.reid import evaluate, pool_multi_query
+    from dml_tf.reid.metrics import l2_normalise
 
-    feats = {s: (_normalise(f) if l2_normalize else f) for s, f in features.items()}
+    feats = {s: (l2_normalise(f) if l2_normalize else f) for s, f in features.items()}
     q, g = splits["query"], splits["gallery"]
     common = dict(ap_mode=ap_mode, metric=metric)
     out = {"single_query": evaluate(feats["query"], feats["gallery"], q.ids, q.cams, g.ids, g.cams, **common)}
@@ -187,8 +182,6 @@ def evaluate_run(
     verbose=1,
 ):
     """Extracts, saves and scores the features of every member of a run; returns eval.json's dict."""
-    import keras
-
     from dml_tf import data
     from dml_tf.data.market1501 import parse_image_size
     from dml_tf.errors import DataError
@@ -203,15 +196,14 @@ def evaluate_run(
     for member in members:
         path = os.path.join(model_dir, member["file"])
         try:
-            models.append(keras.saving.load_model(path, compile=False))
+            models.append(load_member(path))  # registers dml_tf.nets' custom layers first
         except Exception as error:  # noqa: BLE001 - any load failure is a bad run folder
             raise app.UsageError(f"Could not load member file {path}: {error}") from error
-    model_size = _input_size(models[0])
+    sizes = [_input_size(model) for model in models]
     if image_size is None or len(image_size) == 0:
-        image_size = model_size or parse_image_size(run_flags.get("image_size"))
+        image_size = sizes[0] or parse_image_size(run_flags.get("image_size"))
     image_size = parse_image_size(image_size)
-    for member, model in zip(members, models):
-        size = _input_size(model)
+    for member, size in zip(members, sizes):
         if size is not None and size != image_size:
             raise app.UsageError(
                 f"--image_size={image_size[0]},{image_size[1]} but {member['file']} takes "
@@ -239,15 +231,13 @@ def evaluate_run(
             model = feature_model(model)  # one extractor (one traced predict) for all splits
         except ValueError as error:
             raise app.UsageError(f"{member['file']}: {error}") from error
-        feats = {}
+        feats, arrays = {}, {}
         for split, extra in splits.items():
             if verbose:
                 print(f"member {member['index']}: extracting {split} features ({len(extra)} images)", flush=True)
             feats[split] = extract_features(model, extra.images, verbose=verbose)
             if len(feats[split]) != len(extra):
                 raise RuntimeError(f"Got {len(feats[split])} {split} features for {len(extra)} images.")
-        arrays = {}
-        for split, extra in splits.items():
             arrays[f"{split}_features"] = feats[split]
             arrays[f"{split}_ids"] = extra.ids
             arrays[f"{split}_cams"] = extra.cams

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -105,6 +107,29 @@ def test_scores_match_direct_evaluation(run_dir, tmp_path):
     direct = evaluate(qf, gf, q.ids, q.cams, g.ids, g.cams, ap_mode="standard")
     assert results["members"][1]["single_query"]["mAP"] == pytest.approx(direct["mAP"], rel=1e-5)
     assert results["members"][1]["single_query"]["rank1"] == pytest.approx(direct["cmc"][0])
+
+
+def test_cli_loads_members_with_custom_layers(run_dir, tmp_path):
+    """A resnet member (its ZeroPadShortcut is a dml_tf.nets layer) loads in a fresh
+    ``python -m dml_tf.evaluate``, where nothing else imported dml_tf.nets."""
+    from dml_tf import nets
+
+    data_dir, _ = run_dir
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    member = nets.build("resnet20", num_classes=4, input_shape=(16, 8, 3), seed=0)
+    assert any(type(layer).__name__ == "ZeroPadShortcut" for layer in member.layers)
+    member.save(model_dir / "member_0.keras")
+    (model_dir / "results.json").write_text(json.dumps({"members": [{"index": 0, "net": "resnet20"}]}))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dml_tf.evaluate", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+         "--verbose=0"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(model_dir / "eval.json") as f:
+        results = json.load(f)
+    assert results["image_size"] == [16, 8] and results["members"][0]["net"] == "resnet20"
 
 
 def test_usage_errors(tmp_path):

@@ -54,11 +54,21 @@ def sweep_overrides(net, data_dir=None, epochs=None, steps_per_epoch=None, batch
             raise app.UsageError(f"--{name} must be positive; got {value}.")
     if image_size is not None:
         image_size = tuple(parse_ints(image_size, "image_size", minimum=1))
-    return dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                learning_rate=learning_rate, image_size=image_size, pretrained=pretrained)
+    overrides = dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+                     learning_rate=learning_rate, image_size=image_size, pretrained=pretrained)
+    return {key: value for key, value in overrides.items() if value is not None}
 
 
-def split_list(value, name):
+def check_dataset(dataset):
+    """UsageError unless ``dataset`` is one the tools can read (``dml_tf.analysis.DATASETS``)."""
+    from dml_tf import analysis
+
+    if dataset not in analysis.DATASETS:
+        names = analysis.DATASETS
+        raise app.UsageError(f"--dataset must be {', '.join(names[:-1])} or {names[-1]}; got {dataset!r}.")
+
+
+def split_list(value):
     """A comma list flag value (list or string) as a list of non-empty strings."""
     if value is None:
         return []
@@ -68,16 +78,26 @@ def split_list(value, name):
     return items
 
 
-def parse_floats(value, name, minimum=None):
-    items = split_list(value, name)
+def parse_choices(value, name, choices):
+    """The comma list ``--name`` as a non-empty list of ``choices``; UsageError otherwise."""
+    items = split_list(value)
+    if not items or any(item not in choices for item in items):
+        raise app.UsageError(f"--{name} must be a subset of {list(choices)}; got {items}.")
+    return items
+
+
+def _parse_numbers(value, name, convert, noun, minimum=None):
+    """The comma list ``--name`` as numbers (``convert``: int or float; ``noun``: "an
+    integer" or "a number"), each finite and >= ``minimum``; UsageError otherwise."""
+    items = split_list(value)
     if not items:
-        raise app.UsageError(f"--{name} must list at least one number.")
+        raise app.UsageError(f"--{name} must list at least one {noun.split()[-1]}.")
     out = []
     for item in items:
         try:
-            number = float(item)
+            number = convert(item)
         except ValueError:
-            raise app.UsageError(f"--{name}: {item!r} is not a number.") from None
+            raise app.UsageError(f"--{name}: {item!r} is not {noun}.") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise app.UsageError(f"--{name}: {item!r} is not finite.")
         if minimum is not None and number < minimum:
@@ -86,19 +106,12 @@ def parse_floats(value, name, minimum=None):
     return out
 
 
+def parse_floats(value, name, minimum=None):
+    return _parse_numbers(value, name, float, "a number", minimum)
+
+
 def parse_ints(value, name, minimum=None):
-    out = []
-    for item in split_list(value, name):
-        try:
-            number = int(item)
-        except ValueError:
-            raise app.UsageError(f"--{name}: {item!r} is not an integer.") from None
-        if minimum is not None and number < minimum:
-            raise app.UsageError(f"--{name}: {item!r} must be >= {minimum}.")
-        out.append(number)
-    if not out:
-        raise app.UsageError(f"--{name} must list at least one integer.")
-    return out
+    return _parse_numbers(value, name, int, "an integer", minimum)
 
 
 def check_split_and_limit(split, limit):
@@ -125,7 +138,7 @@ def read_runs(runs):
     """``[(run_dir, results, members)]`` for the ``--runs`` folders; UsageError when bad."""
     from dml_tf import analysis
 
-    runs = split_list(runs, "runs")
+    runs = split_list(runs)
     if not runs:
         raise app.UsageError("--runs must list at least one run folder written by dml_tf.train.")
     out = []
@@ -214,14 +227,16 @@ def write_outputs(output_dir, stem, payload, figure, log=None):
     return json_path, png_path
 
 
-def figure(ncols=1, width=5.0, height=4.0):
+def figure(ncols=1, width=5.0, height=4.0, nrows=1):
+    """``(figure, [axes, row by row])``: ``nrows`` x ``ncols`` panels of ``width`` x ``height``
+    inches each, drawn with the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    return fig, list(axes[0])
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, list(axes.flat)
 
 
 def train_or_reuse(config, log=print):
@@ -245,14 +260,28 @@ def train_or_reuse(config, log=print):
         raise app.UsageError(str(e)) from None
 
 
+def member_accuracy(results, k):
+    """Test top-1 accuracy (fraction) of member ``k`` of a runner results dict: its
+    ``test_accuracy``, else ``test["accuracy_{k}"]``; None when neither is there."""
+    members = results.get("members") or []
+    if k < len(members) and members[k].get("test_accuracy") is not None:
+        return float(members[k]["test_accuracy"])
+    acc = (results.get("test") or {}).get(f"accuracy_{k}")
+    return None if acc is None else float(acc)
+
+
 def member_accuracies(results):
     """Test top-1 accuracy of each member (fractions) of a runner results dict."""
-    test = results.get("test") or {}
-    out = []
-    for k, m in enumerate(results.get("members") or []):
-        acc = m.get("test_accuracy")
-        out.append(float(acc if acc is not None else test.get(f"accuracy_{k}")))
-    return out
+    return [float(member_accuracy(results, k)) for k in range(len(results.get("members") or []))]
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux,
+    bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def market_scores(model_dir, data_dir=None, batch_size=64, log=print):

@@ -35,14 +35,15 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import copy  # noqa: E402
 import gc  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
+from _common import peak_rss_mib  # noqa: E402  (puts the repository root on sys.path)
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -70,10 +71,9 @@ TARGETS = {
 }
 
 
-def peak_rss_mib():
-    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+# --quick: these settings, each unless its flag is given explicitly.
+QUICK = {"nets": ["tiny_cnn", "tiny_cnn"], "batch_size": 16, "steps": 3, "warmup": 1,
+         "num_classes": 10, "jit_compile": [False], "pipeline_images": 256}
 
 
 def _settings():
@@ -84,20 +84,7 @@ def _settings():
         "pipeline_images": FLAGS.pipeline_images, "quick": FLAGS.quick,
     }
     if FLAGS.quick:
-        if not FLAGS["nets"].present:
-            settings["nets"] = ["tiny_cnn", "tiny_cnn"]
-        if not FLAGS["batch_size"].present:
-            settings["batch_size"] = 16
-        if not FLAGS["steps"].present:
-            settings["steps"] = 3
-        if not FLAGS["warmup"].present:
-            settings["warmup"] = 1
-        if not FLAGS["num_classes"].present:
-            settings["num_classes"] = 10
-        if not FLAGS["jit_compile"].present:
-            settings["jit_compile"] = [False]
-        if not FLAGS["pipeline_images"].present:
-            settings["pipeline_images"] = 256
+        settings.update({name: copy.deepcopy(value) for name, value in QUICK.items() if not FLAGS[name].present})
     return settings
 
 

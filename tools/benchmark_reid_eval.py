@@ -11,17 +11,17 @@ size (``resource.getrusage`` ``ru_maxrss``) across the untraced run.
 """
 
 import os
-import resource
 import sys
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
-from absl import app, flags
+import numpy as np  # noqa: E402
+from _common import peak_rss_mib  # noqa: E402  (puts the repository root on sys.path)
+from absl import app, flags  # noqa: E402
 
-from dml_tf.reid.metrics import evaluate, pool_multi_query
+from dml_tf.reid.metrics import evaluate, pool_multi_query  # noqa: E402
 
 flags.DEFINE_integer("num_query", 3368, "Query images.")
 flags.DEFINE_integer("num_gallery", 19732, "Gallery images.")
@@ -31,12 +31,6 @@ flags.DEFINE_integer("chunk_size", 256, "Queries per chunk.")
 flags.DEFINE_enum("ap_mode", "market1501", ["market1501", "standard"], "AP definition.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 FLAGS = flags.FLAGS
-
-
-def _maxrss_mib():
-    # ru_maxrss is KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
 def _problem(rng):
@@ -62,11 +56,11 @@ def main(argv):
         f"problem: {FLAGS.num_query} queries x {FLAGS.num_gallery} gallery, {FLAGS.dim}-d float32, "
         f"chunk_size={FLAGS.chunk_size}, ap_mode={FLAGS.ap_mode}, cpus={os.cpu_count()}"
     )
-    rss_before = _maxrss_mib()
+    rss_before = peak_rss_mib()
     start = time.perf_counter()
     result = evaluate(*problem, ap_mode=FLAGS.ap_mode, chunk_size=FLAGS.chunk_size)
     seconds = time.perf_counter() - start
-    rss_after = _maxrss_mib()
+    rss_after = peak_rss_mib()
     print(f"single query: {seconds:.2f} s wall; mAP={result['mAP']:.4f} R1={result['cmc'][0]:.4f} "
           f"({result['num_queries']} scored, {result['num_skipped']} skipped)")
     print(f"  peak RSS growth (getrusage ru_maxrss delta): {rss_after - rss_before:.1f} MiB "

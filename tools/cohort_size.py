@@ -49,7 +49,7 @@ def make_config(method, k, seed, output_dir, dataset, net, **overrides):
     return TrainConfig(dataset=dataset, nets=(net,) * k, mode=mode,
                        mimicry="ensemble" if (method == "dml_e" and k > 1) else "kl",
                        seed=seed, model_dir=os.path.join(output_dir, run_dir_name(method, k, seed)),
-                       verbose=2, **{key: v for key, v in overrides.items() if v is not None})
+                       verbose=2, **overrides)
 
 
 def _ensemble(results, accs):
@@ -63,15 +63,11 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
     """Trains (or reuses) every cohort, writes and returns the Fig. 3 data."""
     import numpy as np
 
-    methods = _common.split_list(methods, "methods")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise app.UsageError(f"--methods must be a subset of {list(METHODS)}; got {methods}.")
+    methods = _common.parse_choices(methods, "methods", METHODS)
     seeds = _common.parse_ints(seeds, "seeds", minimum=0)
     if max_k is None or max_k < 1:
         raise app.UsageError(f"--max_k must be >= 1; got {max_k}.")
-    if dataset not in ("digits", "cifar10", "cifar100", "market1501"):
-        raise app.UsageError(f"--dataset must be digits, cifar10, cifar100 or market1501; got {dataset!r}.")
+    _common.check_dataset(dataset)
     overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
                                         image_size, pretrained)
     output_dir = _common.need_output_dir(output_dir)

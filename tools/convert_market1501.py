@@ -15,23 +15,18 @@ source="tfrecords") (default location data_dir/tfrecords, else tfrecord_dir=...)
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags, logging
+import _common  # noqa: E402  (puts the repository root on sys.path)
+from absl import app, logging  # noqa: E402
 
-FLAGS = flags.FLAGS
+FLAGS = _common.FLAGS
 
-
-def _define(kind, name, default, help_text, **kwargs):
-    # Skip names another dml_tf module already defined in this process (e.g. --data_dir).
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text, **kwargs)
-
-
-_define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
-_define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
-_define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)
-_define("bool", "skip_unparsable", False, "Leave out .jpg files whose names do not parse instead of failing.")
+# _common.define skips names another dml_tf module already defined in this process (e.g. --data_dir).
+_common.define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
+_common.define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
+_common.define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)
+_common.define("bool", "skip_unparsable", False, "Leave out .jpg files whose names do not parse instead of failing.")
 
 
 def main(argv):

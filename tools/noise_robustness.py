@@ -95,7 +95,7 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
 
     payload = {"split": split, "augmentation": False, "sigmas": sigmas, "draws": draws, "seed": seed,
                "loss": "mean cross-entropy -log p_y (no label smoothing, no regulariser)",
-               "noise": "w + sigma * N(0, 1) on every trainable variable, weights restored after each draw",
+               "noise": "w + sigma * N(0, 1) on every trainable variable, every draw from the original weights",
                "runs": entries}
     fig, (ax_hist, ax_noise) = _common.figure(2)
     for i, e in enumerate(entries):

@@ -93,10 +93,7 @@ def _pct(x):
 
 
 def _member_accuracy(results, k):
-    members = results.get("members") or []
-    if k < len(members) and members[k].get("test_accuracy") is not None:
-        return _pct(members[k]["test_accuracy"])
-    return _pct((results.get("test") or {}).get(f"accuracy_{k}"))
+    return _pct(_common.member_accuracy(results, k))
 
 
 def _get(d, *keys):
@@ -107,7 +104,7 @@ def _get(d, *keys):
     return d
 
 
-def match_run(run_dir, results, eval_results=None):
+def match_run(results, eval_results=None):
     """Rows ``{"table", "setting", "metric", "ours", "paper"}`` of one run (may be empty)."""
     config = results.get("config") or {}
     dataset, mode = config.get("dataset"), config.get("mode")
@@ -172,10 +169,11 @@ def _fmt(x, signed=False):
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def build(runs_dir):
-    """``(matched rows, unmatched runs)`` for every run under ``runs_dir``."""
+def build(runs_dir, run_dirs=None):
+    """``(matched rows, unmatched runs)`` for every run under ``runs_dir`` (``run_dirs``:
+    what :func:`find_runs` found there, when it was already called)."""
     rows, unmatched = [], []
-    for run_dir in find_runs(runs_dir):
+    for run_dir in find_runs(runs_dir) if run_dirs is None else run_dirs:
         with open(os.path.join(run_dir, "results.json")) as f:
             try:
                 results = json.load(f)
@@ -187,7 +185,7 @@ def build(runs_dir):
             with open(eval_path) as f:
                 eval_results = json.load(f)
         name = os.path.relpath(run_dir, runs_dir)
-        matched = match_run(run_dir, results, eval_results)
+        matched = match_run(results, eval_results)
         for row in matched:
             row["run"] = name
             row["diff"] = (None if row["ours"] is None or row["paper"] is None
@@ -229,9 +227,10 @@ def compute(runs_dir, output=None, log=print):
         raise app.UsageError("--runs_dir is required: a folder of finished dml_tf.train runs.")
     if not os.path.isdir(runs_dir):
         raise app.UsageError(f"--runs_dir={runs_dir} does not exist.")
-    if not find_runs(runs_dir):
+    run_dirs = find_runs(runs_dir)
+    if not run_dirs:
         raise app.UsageError(f"No results.json under --runs_dir={runs_dir}: no finished run.")
-    rows, unmatched = build(runs_dir)
+    rows, unmatched = build(runs_dir, run_dirs)
     text = to_markdown(rows, unmatched)
     log(text)
     if output:

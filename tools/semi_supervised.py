@@ -50,7 +50,7 @@ def make_config(method, amount, seed, output_dir, dataset, net, market, **overri
                        mode="independent" if method == "single" else "dml",
                        semi="all" if method == "dml_all" else "labelled", seed=seed,
                        model_dir=os.path.join(output_dir, f"{method}_{tag}_seed{seed}"), verbose=2,
-                       **label_arg, **{k: v for k, v in overrides.items() if v is not None})
+                       **label_arg, **overrides)
 
 
 def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labeled_ids=None,
@@ -59,8 +59,7 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
     """Trains (or reuses) every run of the sweep; writes and returns the Fig. 6 data."""
     import numpy as np
 
-    if dataset not in ("digits", "cifar10", "cifar100", "market1501"):
-        raise app.UsageError(f"--dataset must be digits, cifar10, cifar100 or market1501; got {dataset!r}.")
+    _common.check_dataset(dataset)
     market = dataset == "market1501"
     if market:
         if fractions:
@@ -73,9 +72,7 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
         if any(not 0 < f <= 1 for f in amounts):
             raise app.UsageError(f"--fractions must be in (0, 1]; got {amounts}.")
     amounts = sorted(set(amounts))
-    methods = _common.split_list(methods, "methods")
-    if not methods or any(m not in METHODS for m in methods):
-        raise app.UsageError(f"--methods must be a subset of {list(METHODS)}; got {methods}.")
+    methods = _common.parse_choices(methods, "methods", METHODS)
     seeds = _common.parse_ints(seeds, "seeds", minimum=0)
     overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
                                         image_size, pretrained)

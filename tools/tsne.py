@@ -55,8 +55,7 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
     from dml_tf import analysis
     from dml_tf.reid.features import extract_features
 
-    if split not in analysis.SPLITS:
-        raise app.UsageError(f"--split must be one of {analysis.SPLITS}; got {split!r}.")
+    _common.check_split_and_limit(split, None)
     if limit is None or limit < 5:
         raise app.UsageError(f"--limit must be >= 5; got {limit}.")
     if identities is not None and (isinstance(identities, bool) or not isinstance(identities, int)
@@ -95,14 +94,10 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
                "limit": limit, "perplexity": perplexity, "seed": seed, "feature_layer": "features",
                "embeddings": entries}
     cols = min(len(entries), 4)
-    rows = -(-len(entries) // cols)
-    import matplotlib
-
-    matplotlib.use("Agg")
+    fig, axes = _common.figure(cols, width=4.2, height=4, nrows=-(-len(entries) // cols))
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
-    for ax, e in zip(axes.flat, entries):
+    for ax, e in zip(axes, entries):
         xy = np.asarray(e["coordinates"])
         classes, codes = np.unique(e["labels"], return_inverse=True)  # colour k = k-th label (ids are sparse)
         cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
@@ -110,7 +105,7 @@ def compute(runs, output_dir, members=None, split="test", limit=1000, perplexity
         ax.set_title(f"{e['label']} member {e['member']}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(entries):]:
+    for ax in axes[len(entries):]:
         ax.axis("off")
     _common.write_outputs(output_dir, "tsne", payload, fig, log)
     return payload

@@ -69,7 +69,8 @@ def _check_choice(name, value, choices):
         raise ValueError(f"Unknown {name} {value!r}; expected one of {list(choices)}.")
 
 
-def _l2_normalise(x):
+def l2_normalise(x):
+    """Rows of ``(N, D)`` ``x`` divided by their L2 norm (floored at 1e-12: zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, np.float32(1e-12))
 
@@ -141,7 +142,7 @@ def evaluate(
 
     num_gallery = len(gf)
     if metric == "cosine":
-        qf, gf = _l2_normalise(qf), _l2_normalise(gf)
+        qf, gf = l2_normalise(qf), l2_normalise(gf)
         g_sq = None
     else:
         g_sq = np.einsum("ij,ij->i", gf, gf)
@@ -268,10 +269,7 @@ def pool_multi_query(
         raise ValueError(f"query_ids has {len(qids)} entries but query_cams has {len(qcams)}.")
     mids = _as_int_vector("mq_ids", mq_ids)
     mcams = _as_int_vector("mq_cams", mq_cams)
-    mf = np.asarray(mq_features)
-    if mf.ndim != 2:
-        raise ValueError(f"mq_features must be a 2-D array (num_images, feature_dim); got shape {mf.shape}.")
-    mf = _as_features("mq_features", mf)
+    mf = _as_features("mq_features", mq_features)
     _check_lengths("mq_features", mf, mq_ids=mids, mq_cams=mcams)
     dim = mf.shape[1]
     qf = None
