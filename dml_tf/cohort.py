@@ -453,6 +453,8 @@ class MutualLearningModel(keras.Model):
         targets = [tf.stop_gradient(lp) for lp in own]
         target_features = list(features)
         trainable = [k for k in range(n) if self._is_learner(k)]
+        # Later members read member k's new predictions only through the peer terms.
+        refresh = bool(self.mimicry_weight or self.feature_l2_weight)
 
         pending, total = [], 0.0
         for k in range(n):
@@ -470,7 +472,7 @@ class MutualLearningModel(keras.Model):
                     gradients = tapes[k].gradient(scaled, variables)
                     if self.update == "sequential":
                         self._apply(k, gradients, variables)
-                        if any(j > k for j in trainable):
+                        if refresh and any(j > k for j in trainable):
                             new_logits, new_features = self._refresh(k, x)
                             targets[k] = tf.stop_gradient(dml_losses.log_probabilities(new_logits))
                             if new_features is not None:

@@ -16,3 +16,7 @@ class DataError(DMLError, ValueError):
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset could not be downloaded nor found locally."""
+
+
+class TrainingDivergedError(DMLError, RuntimeError):
+    """A loss became NaN or infinite during training."""

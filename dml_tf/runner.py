@@ -26,6 +26,7 @@ from dml_tf import nets as dml_nets
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError
 from dml_tf.distribute import make_strategy
+from dml_tf.health import TrainingHealth
 from dml_tf.io_utils import atomic_write_json
 from dml_tf.schedules import make_optimizer
 
@@ -168,15 +169,18 @@ def run(config, log=print, callbacks=()):
     if initial_epoch:
         log(f"Resuming from the checkpoint of epoch {initial_epoch} in {backup_dir}.")
     stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
+    labelled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+        TrainingHealth([m.name for m in members], bundle.num_classes, labelled_per_epoch, log=log),
         *callbacks,
     ]
     verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
     log(f"Training {len(members)} member(s) {', '.join(m.name for m in members)} on "
         f"{config.dataset} ({train_count} images, {steps_per_epoch} steps/epoch), "
-        f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}.")
+        f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}, "
+        f"warm-up {config.warmup_epochs:g} epoch(s).")
     start = time.time()
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                          validation_data=bundle.test, callbacks=callbacks, verbose=verbose,

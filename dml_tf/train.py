@@ -58,6 +58,9 @@ flags.DEFINE_enum("lr_schedule", None, list(cfg.LR_SCHEDULES),
 flags.DEFINE_list("lr_decay_epochs", None, "Epochs at which a step schedule decays.")
 flags.DEFINE_float("lr_decay_rate", None, "Decay factor of the schedule.")
 flags.DEFINE_integer("lr_decay_every", None, "Epochs between exponential decays.")
+flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up over this many epochs, "
+                   "DML and independent alike (dataset default; 0: the paper's exact schedule; "
+                   "see the README's 'Training stability').")
 flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that replaces the "
                    "weights at the end (0: off; dataset default: 0.9999 for Market-1501, as "
                    "the original code, else 0).")
@@ -96,11 +99,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from dml_tf import runner
-    from dml_tf.errors import DMLError
+    from dml_tf.errors import DMLError, TrainingDivergedError
 
     config = config_from_flags()
     try:
         runner.run(config)
+    except TrainingDivergedError as e:
+        raise SystemExit(f"dml_tf.train: {e}") from None
     except (DMLError, ValueError) as e:  # cfg.ConfigError is a ValueError
         raise app.UsageError(str(e)) from None
 
