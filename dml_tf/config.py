@@ -90,6 +90,7 @@ class TrainConfig:
     ema_decay: Optional[float] = None
     image_size: Optional[Sequence[int]] = None
     pretrained: Optional[str] = None
+    bn_momentum: Optional[float] = None
     labeled_fraction: float = 1.0
     labeled_ids: Optional[int] = None
     semi: str = "all"
@@ -149,6 +150,8 @@ class TrainConfig:
             need(getattr(self, name) >= 0, f"--{name} must be >= 0; got {getattr(self, name)}.")
         need(self.ema_decay < 1, f"--ema_decay must be in [0, 1); got {self.ema_decay}.")
         need(0 <= self.label_smoothing < 1, "--label_smoothing must be in [0, 1).")
+        need(self.bn_momentum is None or 0 <= self.bn_momentum < 1,
+             f"--bn_momentum must be in [0, 1); got {self.bn_momentum}.")
         need(0 < self.labeled_fraction <= 1,
              f"--labeled_fraction must be in (0, 1]; got {self.labeled_fraction}.")
         need(self.labeled_ids is None or self.labeled_ids > 0, "--labeled_ids must be positive.")

@@ -84,6 +84,7 @@ def build_members(config, bundle):
     conditions", Algorithm 1); in distill mode the teachers are loaded and frozen."""
     members = []
     teachers = list(config.teacher) if config.mode == "distill" else []
+    net_options = {} if config.bn_momentum is None else {"bn_momentum": config.bn_momentum}
     for k, net in enumerate(config.nets):
         if k < len(teachers):
             path = teachers[k]
@@ -96,7 +97,7 @@ def build_members(config, bundle):
         members.append(dml_nets.build(
             net, num_classes=bundle.num_classes, input_shape=bundle.input_shape,
             weight_decay=config.weight_decay, seed=config.seed * 1000 + k,
-            name=f"{net}_{k}", pretrained=config.pretrained))
+            name=f"{net}_{k}", pretrained=config.pretrained, **net_options))
     return members
 
 

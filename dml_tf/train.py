@@ -63,6 +63,8 @@ flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that r
                    "the original code, else 0).")
 flags.DEFINE_list("image_size", None, "H,W network input (Market-1501, ImageNet).")
 flags.DEFINE_string("pretrained", None, "'imagenet' or a weights file for the members.")
+flags.DEFINE_float("bn_momentum", None, "Batch-norm momentum (= TF-slim decay) of every member; "
+                   "default each net's own: 0.9997 for mobilenet / inception_v1 (TF-slim), 0.9 else.")
 flags.DEFINE_float("labeled_fraction", 1.0, "Fraction of training images labelled (CIFAR).")
 flags.DEFINE_integer("labeled_ids", None, "Labelled identities (Market-1501).")
 flags.DEFINE_enum("semi", "all", list(cfg.SEMI),

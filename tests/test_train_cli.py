@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
@@ -138,6 +139,7 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--labeled_ids=5"], "--labeled_ids is not supported with --dataset=digits"),
     (["--image_size=16,16"], "--image_size is not supported with --dataset=digits"),
     (["--strategy=tpu"], "--strategy=tpu cannot start here"),
+    (["--bn_momentum=1.5"], "--bn_momentum must be in [0, 1)"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:
@@ -183,3 +185,17 @@ def test_command_line_error_is_one_line_and_nonzero(tmp_path):
     assert process.returncode != 0
     assert "Unknown network 'resnet33'" in process.stderr or "resnet33" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_bn_momentum_flag_sets_every_member(tmp_path):
+    """--bn_momentum overrides each net's own batch-norm momentum; unset keeps it."""
+    bundle = types.SimpleNamespace(num_classes=3, input_shape=(16, 16, 3))
+
+    def momenta(**overrides):
+        config = tiny_config(tmp_path, None, nets=("mobilenet", "tiny_cnn"), **overrides).resolved()
+        return [{layer.momentum for layer in member.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)}
+                for member in runner.build_members(config, bundle)]
+
+    assert momenta() == [{0.9997}, {0.9}]
+    assert momenta(bn_momentum=0.7) == [{0.7}, {0.7}]
