@@ -33,8 +33,10 @@ DATASET_DEFAULTS = {
                        weight_decay=4e-5, label_smoothing=0.1, ema_decay=0.9999,
                        image_size=(224, 224)),
     # ImageNet: RMSProp decay 0.9, batch 64, LR 0.1 decayed every 20 epochs by an
-    # exponential rate of 0.16; the paper gives no epoch count (we use 100).
+    # exponential rate of 0.16; the paper gives no epoch count (we use 100). Momentum 0.9
+    # and epsilon 1.0 are TF-slim's train_image_classifier.py defaults (the authors' recipe).
     "imagenet2012": dict(optimizer="rmsprop", learning_rate=0.1, rmsprop_decay=0.9,
+                         rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
                          lr_schedule="exponential", lr_decay_every=20, lr_decay_rate=0.16,
                          epochs=100, batch_size=64, weight_decay=4e-5, label_smoothing=0.0,
                          image_size=(224, 224)),
@@ -47,7 +49,8 @@ DATASET_DEFAULTS["digits"] = dict(DATASET_DEFAULTS["cifar10"], epochs=8, lr_deca
                                   learning_rate=0.01)
 
 GENERIC_DEFAULTS = dict(momentum=0.9, nesterov=False, beta1=0.9, beta2=0.999, adam_epsilon=1e-7,
-                        rmsprop_decay=0.9, lr_decay_epochs=(), lr_decay_rate=0.1, lr_decay_every=1,
+                        rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
+                        lr_decay_epochs=(), lr_decay_rate=0.1, lr_decay_every=1,
                         image_size=None, ema_decay=0.0)
 
 
@@ -83,6 +86,8 @@ class TrainConfig:
     beta2: Optional[float] = None
     adam_epsilon: Optional[float] = None
     rmsprop_decay: Optional[float] = None
+    rmsprop_momentum: Optional[float] = None
+    rmsprop_epsilon: Optional[float] = None
     lr_schedule: Optional[str] = None
     lr_decay_epochs: Optional[Sequence[int]] = None
     lr_decay_rate: Optional[float] = None
@@ -142,6 +147,9 @@ class TrainConfig:
              f"--steps_per_epoch must be positive; got {self.steps_per_epoch}.")
         need(self.learning_rate > 0, f"--learning_rate must be positive; got {self.learning_rate}.")
         need(self.lr_decay_every > 0, "--lr_decay_every must be positive.")
+        need(0 <= self.rmsprop_momentum < 1,
+             f"--rmsprop_momentum must be in [0, 1); got {self.rmsprop_momentum}.")
+        need(self.rmsprop_epsilon > 0, f"--rmsprop_epsilon must be positive; got {self.rmsprop_epsilon}.")
         need(list(self.lr_decay_epochs) == sorted(set(self.lr_decay_epochs))
              and all(e > 0 for e in self.lr_decay_epochs),
              "--lr_decay_epochs must be increasing positive epochs.")

@@ -48,6 +48,25 @@ def member_optimizers(optimizer, members):
     return [clone_optimizer(base, f"{base.name}_member{i}") for i in range(k)]
 
 
+@keras.saving.register_keras_serializable(package="dml_tf")
+class SlimRMSprop(keras.optimizers.RMSprop):
+    """TF1's ``tf.train.RMSPropOptimizer``, which TF-slim's ``train_image_classifier.py``
+    (the authors' ImageNet recipe) uses.
+
+    The update is Keras' ``RMSprop``: ``ms = rho * ms + (1 - rho) * g**2``,
+    ``mom = momentum * mom + lr * g / sqrt(ms + epsilon)``, ``w -= mom`` (epsilon inside
+    the square root in both), but TF1 starts the mean square ``ms`` at 1 where Keras starts
+    it at 0. With slim's ``opt_epsilon=1.0`` and ``rmsprop_momentum=0.9`` a weight moves
+    by at most about ``lr * |g| / sqrt(1.9)`` in the first step; Keras' defaults (epsilon
+    1e-7, momentum 0, ``ms`` 0) move every weight by ``lr / sqrt(1 - rho)`` ~ 0.32 at LR 0.1.
+    """
+
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        if name == "velocity":  # Keras' name for the mean square
+            initializer = "ones"
+        return super().add_optimizer_variables(trainable_variables, name, initializer)
+
+
 class CohortOptimizer(keras.optimizers.MultiOptimizer):
     """A ``MultiOptimizer`` that routes each member's variables to its own optimizer.
 

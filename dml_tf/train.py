@@ -52,6 +52,9 @@ flags.DEFINE_float("beta1", None, "Adam beta1.")
 flags.DEFINE_float("beta2", None, "Adam beta2.")
 flags.DEFINE_float("adam_epsilon", None, "Adam epsilon.")
 flags.DEFINE_float("rmsprop_decay", None, "RMSProp decay (rho).")
+flags.DEFINE_float("rmsprop_momentum", None, "RMSProp momentum (default 0.9, TF-slim's).")
+flags.DEFINE_float("rmsprop_epsilon", None, "RMSProp epsilon, inside the square root as in TF1 "
+                   "(default 1.0, TF-slim's opt_epsilon).")
 flags.DEFINE_enum("lr_schedule", None, list(cfg.LR_SCHEDULES),
                   "constant; step (x lr_decay_rate at lr_decay_epochs); exponential "
                   "(x lr_decay_rate every lr_decay_every epochs).")

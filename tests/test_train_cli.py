@@ -140,6 +140,8 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--image_size=16,16"], "--image_size is not supported with --dataset=digits"),
     (["--strategy=tpu"], "--strategy=tpu cannot start here"),
     (["--bn_momentum=1.5"], "--bn_momentum must be in [0, 1)"),
+    (["--rmsprop_epsilon=0"], "--rmsprop_epsilon must be positive"),
+    (["--rmsprop_momentum=1"], "--rmsprop_momentum must be in [0, 1)"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:
