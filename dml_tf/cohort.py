@@ -44,6 +44,17 @@ def _needs_loss_scaling(member):
     return any(getattr(layer, "compute_dtype", None) == "float16" for layer in member.layers)
 
 
+def _moving_statistics(layer, seen=None):
+    """The moving mean and variance of every BatchNormalization layer in ``layer``."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return []
+    seen.add(id(layer))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer.moving_mean, layer.moving_variance]
+    return [v for sub in getattr(layer, "layers", ()) for v in _moving_statistics(sub, seen)]
+
+
 def _is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         strategy.extended._in_multi_worker_mode()
@@ -264,13 +275,18 @@ class MutualLearningModel(keras.Model):
         self._validate_members(self.members)
         self.built = True
 
-    def compile(self, optimizer="sgd", jit_compile="auto", steps_per_execution=1, **kwargs):
+    def compile(self, optimizer="sgd", jit_compile="auto", steps_per_execution=1,
+                ema_batch_norm=True, **kwargs):
         """Configures training.
 
         Args:
           optimizer: one optimizer per member (a list of K), or a single optimizer
             (instance or name) that is cloned for every member.
           jit_compile, steps_per_execution: as in ``keras.Model.compile``.
+          ema_batch_norm: where a member's optimizer keeps a weight moving average
+            (``use_ema``), also average its batch-norm moving statistics and evaluate
+            with them, as the original code (``CohortOptimizer``); False averages the
+            trainable weights only, as Keras does.
           **kwargs: ``loss`` and ``metrics`` are not accepted: the cohort's losses
             and metrics are fixed by DML. Others go to ``keras.Model.compile``.
         """
@@ -290,7 +306,9 @@ class MutualLearningModel(keras.Model):
             if _needs_loss_scaling(m) else None
             for k, (m, o) in enumerate(zip(self.members, self._member_optimizers))
         ]
-        cohort_optimizer = CohortOptimizer(self._member_optimizers, self._member_index_of)
+        cohort_optimizer = CohortOptimizer(
+            self._member_optimizers, self._member_index_of,
+            statistics=self._moving_statistics if ema_batch_norm else None)
         super().compile(
             optimizer=cohort_optimizer,
             jit_compile=jit_compile,
@@ -301,6 +319,7 @@ class MutualLearningModel(keras.Model):
             "optimizer": [keras.saving.serialize_keras_object(o) for o in self._member_optimizers],
             "jit_compile": jit_compile,
             "steps_per_execution": steps_per_execution,
+            "ema_batch_norm": ema_batch_norm,
         }
 
     def _member_index_of(self, variable):
@@ -308,6 +327,10 @@ class MutualLearningModel(keras.Model):
             if any(variable is v for v in member.trainable_variables):
                 return k
         raise ValueError(f"Variable {variable.path} belongs to no cohort member.")
+
+    def _moving_statistics(self, k):
+        """Member k's batch-norm moving means and variances (none for a static teacher)."""
+        return _moving_statistics(self.members[k]) if self._is_learner(k) else []
 
     def get_compile_config(self):
         return dict(getattr(self, "_dml_compile_config", {}))
@@ -338,9 +361,10 @@ class MutualLearningModel(keras.Model):
 
     def _apply(self, k, gradients, variables):
         """Member k's update (through its loss scaler under float16: unscaled,
-        skipped when not finite, the scale adapted)."""
+        skipped when not finite, the scale adapted), then its statistics' average."""
         scaler = self._loss_scalers[k]
         (scaler or self._member_optimizers[k]).apply(gradients, variables)
+        self.optimizer.update_statistics_average(k)
 
     # ----------------------------------------------------------------- forward
 

@@ -93,6 +93,7 @@ class TrainConfig:
     lr_decay_rate: Optional[float] = None
     lr_decay_every: Optional[int] = None
     ema_decay: Optional[float] = None
+    ema_batch_norm: bool = True
     image_size: Optional[Sequence[int]] = None
     pretrained: Optional[str] = None
     bn_momentum: Optional[float] = None

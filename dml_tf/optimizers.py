@@ -4,7 +4,9 @@
 are the members' own optimizers (Algorithm 1 keeps one per network). Keras sees a
 single ``model.optimizer``: it is built, saved, restored (``model.save``,
 ``BackupAndRestore``, ``ModelCheckpoint``) and finalised (weight EMA) like any
-other, and TensorBoard logs each member's learning rate. Setting its
+other, and TensorBoard logs each member's learning rate. A member whose optimizer keeps
+a weight moving average (``use_ema``) can also have its batch-norm moving statistics
+averaged (``statistics``), as the original code averages all model variables. Setting its
 ``learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``) sets every
 member's.
 """
@@ -73,11 +75,21 @@ class CohortOptimizer(keras.optimizers.MultiOptimizer):
     Args:
       optimizers: one Keras optimizer per member, in member order.
       member_of: callable mapping a variable to its member's index.
+      statistics: None, or a callable mapping a member's index to its non-trainable
+        variables to average with its weights (batch-norm moving mean and variance).
+        Keras' ``use_ema`` averages trainable variables only; the original code's
+        ``tf.train.ExponentialMovingAverage`` averages every model variable and
+        evaluates with the averages. Each such variable of a member whose optimizer has
+        ``use_ema`` gets an average with the same rule and decay as Keras' (the first
+        step copies the value, then ``avg = m * avg + (1 - m) * value``), updated by
+        :meth:`update_statistics_average` and swapped in by ``finalize_variable_values``
+        at the end of ``fit``, together with the weights'.
     """
 
-    def __init__(self, optimizers, member_of, name="cohort_optimizer"):
+    def __init__(self, optimizers, member_of, name="cohort_optimizer", statistics=None):
         super().__init__(self._select, name=name)
         self._member_of = member_of
+        self._statistics_of = statistics  # a callable: not tracked as optimizer state
         self._inner_optimizers = list(optimizers)
 
     def _select(self, variable):
@@ -86,6 +98,36 @@ class CohortOptimizer(keras.optimizers.MultiOptimizer):
     def member(self, k):
         """The optimizer of member ``k``."""
         return self._inner_optimizers[k]
+
+    def _averaged_statistics(self, k):
+        if self._statistics_of is None or not self._inner_optimizers[k].use_ema:
+            return []
+        return list(self._statistics_of(k))
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._statistics_averages = [
+            [self.add_variable_from_reference(v, name="average") for v in self._averaged_statistics(k)]
+            for k in range(len(self._inner_optimizers))
+        ]
+
+    def update_statistics_average(self, k):
+        """Folds member ``k``'s current statistics into their averages (after its update)."""
+        averages = self._statistics_averages[k]
+        if not averages:
+            return
+        first = keras.ops.equal(self.iterations, 0)  # the cohort counts steps after them
+        momentum = keras.ops.where(first, 0.0, self._inner_optimizers[k].ema_momentum)
+        for value, average in zip(self._averaged_statistics(k), averages):
+            average.assign(momentum * average + (1.0 - momentum) * value)
+
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        for k, averages in enumerate(getattr(self, "_statistics_averages", ())):
+            for value, average in zip(self._averaged_statistics(k), averages):
+                value.assign(average)
 
     @property
     def learning_rate(self):

@@ -162,7 +162,7 @@ def run(config, log=print, callbacks=()):
         cohort.compile(
             optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
                        for k in range(len(members))],
-            jit_compile=config.jit_compile)
+            jit_compile=config.jit_compile, ema_batch_norm=config.ema_batch_norm)
 
     backup_dir = os.path.join(config.model_dir, "backup")
     initial_epoch = resumed_epoch(backup_dir)

@@ -64,6 +64,9 @@ flags.DEFINE_integer("lr_decay_every", None, "Epochs between exponential decays.
 flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that replaces the "
                    "weights at the end (0: off; dataset default: 0.9999 for Market-1501, as "
                    "the original code, else 0).")
+flags.DEFINE_boolean("ema_batch_norm", True, "With --ema_decay, average the batch-norm moving "
+                     "statistics too, as the original code (all model variables); False: the "
+                     "trainable weights only, as Keras.")
 flags.DEFINE_list("image_size", None, "H,W network input (Market-1501, ImageNet).")
 flags.DEFINE_string("pretrained", None, "'imagenet' or a weights file for the members.")
 flags.DEFINE_float("bn_momentum", None, "Batch-norm momentum (= TF-slim decay) of every member; "

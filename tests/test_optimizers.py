@@ -9,6 +9,10 @@ from dml_tf.config import TrainConfig
 from dml_tf.optimizers import SlimRMSprop
 from dml_tf.schedules import make_optimizer
 
+def _np(variable):
+    return keras.ops.convert_to_numpy(variable)
+
+
 GRADS = ([0.5, -3.0, 0.0], [1.0, 2.0, -0.1], [-0.2, 0.4, 5.0])
 
 
@@ -92,4 +96,62 @@ def test_slim_rmsprop_survives_save_and_load(tmp_path):
     optimizer = loaded.optimizer.member(0)
     assert isinstance(optimizer, SlimRMSprop) and (optimizer.momentum, optimizer.epsilon) == (0.9, 1.0)
     for a, b in zip(cohort.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(_np(a), _np(b))
+
+
+class _Record(keras.callbacks.Callback):
+    """Each member's weights and batch-norm moving statistics after every step."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members, self.steps = members, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([[_np(v) for v in m.weights] for m in self.members])
+
+
+def _hand_ema(values, momentum):
+    average = values[0]
+    for value in values[1:]:
+        average = momentum * average + (1 - momentum) * value
+    return average
+
+
+def test_weight_average_includes_batch_norm_statistics(tmp_path):
+    """The original code averages every model variable (weights and batch-norm moving
+    statistics) and evaluates with the averages; so does the cohort with use_ema."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 12).astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+
+    def train(ema_batch_norm):
+        members = [nets.build("tiny_cnn", num_classes=3, input_shape=(8, 8, 3), seed=k) for k in range(2)]
+        cohort = MutualLearningModel(members)
+        cohort.compile(optimizer=[keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=m) for m in (0.5, 0.8)],
+                       ema_batch_norm=ema_batch_norm)
+        record = _Record(members)
+        cohort.fit(data, epochs=1, verbose=0, callbacks=[record], shuffle=False)
+        return cohort, members, record.steps
+
+    cohort, members, steps = train(True)
+    assert len(steps) == 3
+    for k, (member, momentum) in enumerate(zip(members, (0.5, 0.8))):
+        for i, variable in enumerate(member.weights):
+            expected = _hand_ema([step[k][i] for step in steps], momentum)
+            assert "moving" in variable.path or variable.trainable
+            np.testing.assert_allclose(_np(variable), expected, rtol=1e-5, atol=1e-6, err_msg=variable.path)
+        moving = [i for i, v in enumerate(member.weights) if "moving" in v.path]
+        assert len(moving) == 4  # two batch norms
+        assert not np.allclose(_np(member.weights[moving[0]]), steps[-1][k][moving[0]])  # not the last value
+    cohort.save(tmp_path / "cohort.keras")
+    loaded = keras.models.load_model(tmp_path / "cohort.keras")
+    assert len(loaded.optimizer.variables) == len(cohort.optimizer.variables)
+    for a, b in zip(cohort.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(_np(a), _np(b))
+
+    _, members, steps = train(False)  # Keras' use_ema: the statistics keep their last values
+    for k, member in enumerate(members):
+        for i, variable in enumerate(member.weights):
+            if "moving" in variable.path:
+                np.testing.assert_array_equal(_np(variable), steps[-1][k][i])
