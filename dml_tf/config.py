@@ -67,6 +67,7 @@ class TrainConfig:
     mode: str = "dml"
     teacher: Sequence[str] = ()
     update: str = "sequential"
+    member_batches: str = "shared"
     mimicry: str = "kl"
     mimicry_weight: float = 1.0
     peer_reduction: str = "mean"
@@ -140,6 +141,9 @@ class TrainConfig:
         need(self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}.")
         need(self.mixed_precision in PRECISIONS, f"--mixed_precision must be one of {PRECISIONS}.")
         need(self.placement in PLACEMENTS, f"--placement must be one of {PLACEMENTS}.")
+        need(self.member_batches == "shared" or self.mode != "distill",
+             "--member_batches=separate cannot be used with --mode=distill (a static teacher "
+             "takes no batch of its own).")
         need(self.placement == "none" or self.strategy == "default",
              "--placement=per_member needs --strategy=default.")
         for name in ("epochs", "batch_size"):
@@ -174,6 +178,11 @@ class TrainConfig:
                  f"({len(self.nets) - 1}); got {len(self.teacher)}.")
         else:
             need(not self.teacher, "--teacher is only used with --mode=distill.")
+
+    def step_batch_size(self):
+        """Images per training step: ``batch_size``, times K with ``--member_batches=separate``
+        (each member trains on its own ``batch_size`` images)."""
+        return self.batch_size * (len(self.nets) if self.member_batches == "separate" else 1)
 
     def member_mimicry_weight(self):
         """Independent training is the same cohort without the mimicry term."""

@@ -17,7 +17,7 @@ from absl import app, flags  # noqa: E402
 
 from dml_tf import config as cfg  # noqa: E402
 from dml_tf import losses  # noqa: E402
-from dml_tf.cohort import UPDATES  # noqa: E402
+from dml_tf.cohort import MEMBER_BATCHES, UPDATES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +31,10 @@ flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and dat
 flags.DEFINE_list("teacher", [], "Saved teacher member files (.keras), one per teacher net.")
 flags.DEFINE_enum("update", "sequential", list(UPDATES),
                   "Algorithm 1 (sequential) or the distributed variant of Sec. 4.5.")
+flags.DEFINE_enum("member_batches", "shared", list(MEMBER_BATCHES),
+                  "shared: every member trains on the same mini-batch (the paper); separate: "
+                  "each on its own --batch_size images, one after the other (the original "
+                  "code's one train op per network); an epoch is then 1/K the steps.")
 flags.DEFINE_enum("mimicry", "kl", list(losses.MIMICRY_MODES),
                   "kl (Eq. 10), js (Eq. 7) or ensemble (DML_e, Eq. 11).")
 flags.DEFINE_float("mimicry_weight", 1.0, "Weight of the mimicry term.")

@@ -201,3 +201,16 @@ def test_bn_momentum_flag_sets_every_member(tmp_path):
 
     assert momenta() == [{0.9997}, {0.9}]
     assert momenta(bn_momentum=0.7) == [{0.7}, {0.7}]
+
+
+def test_separate_member_batches_feed_each_member_its_own_batch(cifar_dir, tmp_path):
+    """--member_batches=separate: steps take K x batch_size images (each member its own)."""
+    lines = []
+    results = runner.run(tiny_config(tmp_path / "sep", cifar_dir, batch_size=8, member_batches="separate"),
+                         log=lines.append)
+    assert "(40 images, 3 steps/epoch)" in lines[0]  # ceil(40 / (2 x 8))
+    assert results["config"]["member_batches"] == "separate"
+    assert np.isfinite(results["history"]["loss_1"]).all()
+    with pytest.raises(cfg.ConfigError, match="--member_batches=separate cannot be used with --mode=distill"):
+        tiny_config(tmp_path / "d", cifar_dir, mode="distill", teacher=("t.keras",),
+                    member_batches="separate").resolved()
