@@ -3,7 +3,9 @@
 A ``TrainConfig`` holds every setting of one run. ``dml_tf.train`` fills it from
 absl flags; library users can build one directly and call
 ``dml_tf.runner.run(config)``. Fields left ``None`` take the dataset's default
-from ``DATASET_DEFAULTS`` (the paper's settings, ../shared/REFERENCE.md).
+from ``DATASET_DEFAULTS``: the paper's settings (Sec. 4.1), completed where it is
+silent from the sources named beside each entry (the README's "Paper vs original
+code" table lists them).
 """
 
 import dataclasses
@@ -17,24 +19,26 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 PLACEMENTS = ("none", "per_member")
 
-# The paper's settings per dataset (Sec. 4.1, 4.2; WRN [28] settings for CIFAR).
+# The paper's settings per dataset (Sec. 4.1) and where they come from when the paper is silent.
 DATASET_DEFAULTS = {
-    # CIFAR: SGD + Nesterov 0.9, LR 0.1 x0.1 every 60 epochs, 200 epochs, batch 64,
-    # weight decay 5e-4 (WRN).
+    # CIFAR: the paper's SGD + Nesterov 0.9, LR 0.1 x0.1 every 60 epochs, 200 epochs,
+    # batch 64; weight decay 5e-4 from WRN (Zagoruyko & Komodakis 2016), whose settings
+    # the paper says it follows, not from the DML paper.
     "cifar10": dict(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
                     lr_schedule="step", lr_decay_epochs=(60, 120, 180), lr_decay_rate=0.1,
                     epochs=200, batch_size=64, weight_decay=5e-4, label_smoothing=0.0),
-    # Market-1501: Adam lr 2e-4, beta1 0.5, beta2 0.999, eps 1e-8, batch 16; the
-    # released scripts' label smoothing 0.1, slim weight decay 4e-5 and weight moving
-    # average 0.9999 (restored for evaluation); their 200,000 iterations at batch 16
-    # over 12,936 images = 248 epochs.
+    # Market-1501: the paper's Adam lr 2e-4, beta1 0.5, beta2 0.999, batch 16; the
+    # released scripts' eps 1e-8, label smoothing 0.1, slim weight decay 4e-5 and weight
+    # moving average 0.9999 (restored for evaluation); their 200,000 iterations at batch
+    # 16 over 12,936 images = 248 epochs.
     "market1501": dict(optimizer="adam", learning_rate=2e-4, beta1=0.5, beta2=0.999,
                        adam_epsilon=1e-8, lr_schedule="constant", epochs=248, batch_size=16,
                        weight_decay=4e-5, label_smoothing=0.1, ema_decay=0.9999,
                        image_size=(224, 224)),
-    # ImageNet: RMSProp decay 0.9, batch 64, LR 0.1 decayed every 20 epochs by an
-    # exponential rate of 0.16; the paper gives no epoch count (we use 100). Momentum 0.9
-    # and epsilon 1.0 are TF-slim's train_image_classifier.py defaults (the authors' recipe).
+    # ImageNet: the paper's RMSProp decay 0.9, batch 64, LR 0.1 decayed every 20 epochs
+    # by an exponential rate of 0.16; momentum 0.9, epsilon 1.0 and weight decay 4e-5 are
+    # TF-slim's defaults (train_image_classifier.py, the authors' recipe); the paper gives
+    # no epoch count (we use 100).
     "imagenet2012": dict(optimizer="rmsprop", learning_rate=0.1, rmsprop_decay=0.9,
                          rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
                          lr_schedule="exponential", lr_decay_every=20, lr_decay_rate=0.16,

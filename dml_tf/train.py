@@ -3,7 +3,9 @@ r"""Trains a Deep Mutual Learning cohort from the command line.
   python -m dml_tf.train --dataset=cifar100 --nets=mobilenet,resnet32 --model_dir=runs/x
   python -m dml_tf.train --flagfile=flags/quickstart.flags
 
-Flags left unset take the paper's settings for the dataset (dml_tf/config.py).
+Flags left unset take the dataset's defaults: the paper's settings, completed where it is
+silent from the authors' code and WRN (dml_tf/config.py; the README's "Paper vs original
+code" table).
 """
 
 import os
