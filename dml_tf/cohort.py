@@ -10,6 +10,7 @@ from dml_tf import losses as dml_losses
 from dml_tf.optimizers import CohortOptimizer, member_optimizers
 
 UPDATES = ("sequential", "simultaneous")
+MEMBER_BATCHES = ("shared", "separate")
 PLACEMENTS = (None, "per_member")
 
 
@@ -42,6 +43,17 @@ def _needs_loss_scaling(member):
     if getattr(policy, "compute_dtype", None) == "float16":
         return True
     return any(getattr(layer, "compute_dtype", None) == "float16" for layer in member.layers)
+
+
+def _moving_statistics(layer, seen=None):
+    """The moving mean and variance of every BatchNormalization layer in ``layer``."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return []
+    seen.add(id(layer))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer.moving_mean, layer.moving_variance]
+    return [v for sub in getattr(layer, "layers", ()) for v in _moving_statistics(sub, seen)]
 
 
 def _is_multi_worker(strategy):
@@ -97,6 +109,14 @@ class MutualLearningModel(keras.Model):
         copied): the cohort's ``members`` are then the clones, not the models
         passed in. Optimizer slots are colocated with their variables. Not
         combinable with a multi-replica strategy.
+      member_batches: ``"shared"`` (the paper: every member trains on the same
+        mini-batch) or ``"separate"`` (the original code, whose K train ops each
+        dequeue their own batch): a batch of n images is cut into K chunks of
+        ceil(n / K) (a last, smaller batch wraps around to fill them); member k
+        trains on chunk k against its peers' training-mode predictions on chunk k
+        from their current weights (their moving statistics untouched), so with
+        ``update="sequential"`` the peers before k are already updated. Feed K times
+        the per-member batch size.
 
     Labels equal to -1 mark unlabelled samples (Sec. 3.4): they count in the
     mimicry term but not in the cross-entropy.
@@ -114,6 +134,7 @@ class MutualLearningModel(keras.Model):
         feature_l2_weight=0.0,
         feature_layer="features",
         placement=None,
+        member_batches="shared",
         name="mutual_learning",
         **kwargs,
     ):
@@ -121,6 +142,9 @@ class MutualLearningModel(keras.Model):
         self._validate_members(members)
         if update not in UPDATES:
             raise ValueError(f"Unknown update {update!r}; expected one of {UPDATES}.")
+        if member_batches not in MEMBER_BATCHES:
+            raise ValueError(f"Unknown member_batches {member_batches!r}; expected one of "
+                             f"{MEMBER_BATCHES}.")
         if mimicry not in dml_losses.MIMICRY_MODES:
             raise ValueError(
                 f"Unknown mimicry {mimicry!r}; expected one of {dml_losses.MIMICRY_MODES}."
@@ -156,6 +180,7 @@ class MutualLearningModel(keras.Model):
             members = [self._place(m, d) for m, d in zip(members, self._devices)]
         self.members = list(members)
         self.update = update
+        self.member_batches = member_batches
         self.mimicry = mimicry
         self.mimicry_weight = float(mimicry_weight)
         self.peer_reduction = peer_reduction
@@ -264,13 +289,18 @@ class MutualLearningModel(keras.Model):
         self._validate_members(self.members)
         self.built = True
 
-    def compile(self, optimizer="sgd", jit_compile="auto", steps_per_execution=1, **kwargs):
+    def compile(self, optimizer="sgd", jit_compile="auto", steps_per_execution=1,
+                ema_batch_norm=True, **kwargs):
         """Configures training.
 
         Args:
           optimizer: one optimizer per member (a list of K), or a single optimizer
             (instance or name) that is cloned for every member.
           jit_compile, steps_per_execution: as in ``keras.Model.compile``.
+          ema_batch_norm: where a member's optimizer keeps a weight moving average
+            (``use_ema``), also average its batch-norm moving statistics and evaluate
+            with them, as the original code (``CohortOptimizer``); False averages the
+            trainable weights only, as Keras does.
           **kwargs: ``loss`` and ``metrics`` are not accepted: the cohort's losses
             and metrics are fixed by DML. Others go to ``keras.Model.compile``.
         """
@@ -290,7 +320,9 @@ class MutualLearningModel(keras.Model):
             if _needs_loss_scaling(m) else None
             for k, (m, o) in enumerate(zip(self.members, self._member_optimizers))
         ]
-        cohort_optimizer = CohortOptimizer(self._member_optimizers, self._member_index_of)
+        cohort_optimizer = CohortOptimizer(
+            self._member_optimizers, self._member_index_of,
+            statistics=self._moving_statistics if ema_batch_norm else None)
         super().compile(
             optimizer=cohort_optimizer,
             jit_compile=jit_compile,
@@ -301,6 +333,7 @@ class MutualLearningModel(keras.Model):
             "optimizer": [keras.saving.serialize_keras_object(o) for o in self._member_optimizers],
             "jit_compile": jit_compile,
             "steps_per_execution": steps_per_execution,
+            "ema_batch_norm": ema_batch_norm,
         }
 
     def _member_index_of(self, variable):
@@ -308,6 +341,10 @@ class MutualLearningModel(keras.Model):
             if any(variable is v for v in member.trainable_variables):
                 return k
         raise ValueError(f"Variable {variable.path} belongs to no cohort member.")
+
+    def _moving_statistics(self, k):
+        """Member k's batch-norm moving means and variances (none for a static teacher)."""
+        return _moving_statistics(self.members[k]) if self._is_learner(k) else []
 
     def get_compile_config(self):
         return dict(getattr(self, "_dml_compile_config", {}))
@@ -338,9 +375,10 @@ class MutualLearningModel(keras.Model):
 
     def _apply(self, k, gradients, variables):
         """Member k's update (through its loss scaler under float16: unscaled,
-        skipped when not finite, the scale adapted)."""
+        skipped when not finite, the scale adapted), then its statistics' average."""
         scaler = self._loss_scalers[k]
         (scaler or self._member_optimizers[k]).apply(gradients, variables)
+        self.optimizer.update_statistics_average(k)
 
     # ----------------------------------------------------------------- forward
 
@@ -429,6 +467,8 @@ class MutualLearningModel(keras.Model):
         """One DML iteration on one batch (Algorithm 1, extended to K members)."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
+        if self.member_batches == "separate":
+            return self._separate_batches_step(x, labels)
         n = self.num_members
         scale = 1.0 / _num_replicas()
 
@@ -486,6 +526,53 @@ class MutualLearningModel(keras.Model):
                 self._apply(k, gradients, variables)
         self.optimizer.iterations.assign_add(1)
         self._loss_tracker_total.update_state(total, sample_weight=tf.shape(labels)[0])
+        return self._results(include_ensemble=False)
+
+    def _separate_batches_step(self, x, labels):
+        """One iteration of the original code (``member_batches="separate"``): member k
+        trains on chunk k of the batch; its peers predict chunk k with their current
+        weights, in training mode, leaving their moving statistics untouched."""
+        n = self.num_members
+        scale = 1.0 / _num_replicas()
+        if not self.optimizer.built:
+            self._build_optimizer()
+        size = tf.shape(labels)[0]
+        chunk = (size + n - 1) // n
+        pending, total = [], 0.0
+        for k in range(n):
+            rows = (tf.range(chunk) + k * chunk) % size
+            xk, yk = tf.gather(x, rows), tf.gather(labels, rows)
+            targets, features = [None] * n, [None] * n
+            for j in range(n):
+                if j != k:
+                    with self._on(j):
+                        logits, feats = (self._refresh(j, xk) if self._is_learner(j)
+                                         else self._forward(j, xk, training=False))
+                    targets[j] = tf.stop_gradient(dml_losses.log_probabilities(logits))
+                    features[j] = None if feats is None else tf.stop_gradient(feats)
+            with self._on(k):
+                tape = tf.GradientTape() if self._is_learner(k) else contextlib.nullcontext()
+                with tape:
+                    logits, features[k] = self._forward(k, xk, training=self._is_learner(k))
+                    own = dml_losses.log_probabilities(logits)
+                    terms = self.member_loss(k, yk, logits, targets, features, own)
+                    scaled = terms["loss"] * scale
+                    if self._loss_scalers[k] is not None:
+                        scaled = self._loss_scalers[k].scale_loss(scaled)
+                if self._is_learner(k):
+                    variables = self.members[k].trainable_variables
+                    gradients = tape.gradient(scaled, variables)
+                    if self.update == "sequential":
+                        self._apply(k, gradients, variables)
+                    else:
+                        pending.append((k, gradients, variables))
+            self._update_member_metrics(k, terms, yk, tf.stop_gradient(own))
+            total += terms["loss"]
+        for k, gradients, variables in pending:
+            with self._on(k):
+                self._apply(k, gradients, variables)
+        self.optimizer.iterations.assign_add(1)
+        self._loss_tracker_total.update_state(total, sample_weight=chunk)
         return self._results(include_ensemble=False)
 
     def test_step(self, data):
@@ -560,6 +647,7 @@ class MutualLearningModel(keras.Model):
             "feature_l2_weight": self.feature_l2_weight,
             "feature_layer": self.feature_layer,
             "placement": self.placement,
+            "member_batches": self.member_batches,
         })
         return config
 

@@ -102,8 +102,8 @@ def feature_l2_loss(features, peer_features, peer_reduction="mean"):
     """Squared L2 distance between member k's features and its peers' (Table 5 "DML, L2").
 
     Per peer: the batch mean of ``||f_k - f_l||^2``; reduced over peers like the
-    mimicry term. The paper does not give the exact form; this is documented in
-    the README.
+    mimicry term. The paper gives no formula and the released code has no such loss;
+    the README's "Paper vs original code" section states this one.
     """
     if not peer_features:
         return tf.constant(0.0, tf.float32)

@@ -4,7 +4,9 @@
 are the members' own optimizers (Algorithm 1 keeps one per network). Keras sees a
 single ``model.optimizer``: it is built, saved, restored (``model.save``,
 ``BackupAndRestore``, ``ModelCheckpoint``) and finalised (weight EMA) like any
-other, and TensorBoard logs each member's learning rate. Setting its
+other, and TensorBoard logs each member's learning rate. A member whose optimizer keeps
+a weight moving average (``use_ema``) can also have its batch-norm moving statistics
+averaged (``statistics``), as the original code averages all model variables. Setting its
 ``learning_rate`` (``LearningRateScheduler``, ``ReduceLROnPlateau``) sets every
 member's.
 """
@@ -48,17 +50,46 @@ def member_optimizers(optimizer, members):
     return [clone_optimizer(base, f"{base.name}_member{i}") for i in range(k)]
 
 
+@keras.saving.register_keras_serializable(package="dml_tf")
+class SlimRMSprop(keras.optimizers.RMSprop):
+    """TF1's ``tf.train.RMSPropOptimizer``, which TF-slim's ``train_image_classifier.py``
+    (the authors' ImageNet recipe) uses.
+
+    The update is Keras' ``RMSprop``: ``ms = rho * ms + (1 - rho) * g**2``,
+    ``mom = momentum * mom + lr * g / sqrt(ms + epsilon)``, ``w -= mom`` (epsilon inside
+    the square root in both), but TF1 starts the mean square ``ms`` at 1 where Keras starts
+    it at 0. With slim's ``opt_epsilon=1.0`` and ``rmsprop_momentum=0.9`` a weight moves
+    by at most about ``lr * |g| / sqrt(1.9)`` in the first step; Keras' defaults (epsilon
+    1e-7, momentum 0, ``ms`` 0) move every weight by ``lr / sqrt(1 - rho)`` ~ 0.32 at LR 0.1.
+    """
+
+    def add_optimizer_variables(self, trainable_variables, name, initializer="zeros"):
+        if name == "velocity":  # Keras' name for the mean square
+            initializer = "ones"
+        return super().add_optimizer_variables(trainable_variables, name, initializer)
+
+
 class CohortOptimizer(keras.optimizers.MultiOptimizer):
     """A ``MultiOptimizer`` that routes each member's variables to its own optimizer.
 
     Args:
       optimizers: one Keras optimizer per member, in member order.
       member_of: callable mapping a variable to its member's index.
+      statistics: None, or a callable mapping a member's index to its non-trainable
+        variables to average with its weights (batch-norm moving mean and variance).
+        Keras' ``use_ema`` averages trainable variables only; the original code's
+        ``tf.train.ExponentialMovingAverage`` averages every model variable and
+        evaluates with the averages. Each such variable of a member whose optimizer has
+        ``use_ema`` gets an average with the same rule and decay as Keras' (the first
+        step copies the value, then ``avg = m * avg + (1 - m) * value``), updated by
+        :meth:`update_statistics_average` and swapped in by ``finalize_variable_values``
+        at the end of ``fit``, together with the weights'.
     """
 
-    def __init__(self, optimizers, member_of, name="cohort_optimizer"):
+    def __init__(self, optimizers, member_of, name="cohort_optimizer", statistics=None):
         super().__init__(self._select, name=name)
         self._member_of = member_of
+        self._statistics_of = statistics  # a callable: not tracked as optimizer state
         self._inner_optimizers = list(optimizers)
 
     def _select(self, variable):
@@ -67,6 +98,36 @@ class CohortOptimizer(keras.optimizers.MultiOptimizer):
     def member(self, k):
         """The optimizer of member ``k``."""
         return self._inner_optimizers[k]
+
+    def _averaged_statistics(self, k):
+        if self._statistics_of is None or not self._inner_optimizers[k].use_ema:
+            return []
+        return list(self._statistics_of(k))
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._statistics_averages = [
+            [self.add_variable_from_reference(v, name="average") for v in self._averaged_statistics(k)]
+            for k in range(len(self._inner_optimizers))
+        ]
+
+    def update_statistics_average(self, k):
+        """Folds member ``k``'s current statistics into their averages (after its update)."""
+        averages = self._statistics_averages[k]
+        if not averages:
+            return
+        first = keras.ops.equal(self.iterations, 0)  # the cohort counts steps after them
+        momentum = keras.ops.where(first, 0.0, self._inner_optimizers[k].ema_momentum)
+        for value, average in zip(self._averaged_statistics(k), averages):
+            average.assign(momentum * average + (1.0 - momentum) * value)
+
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        for k, averages in enumerate(getattr(self, "_statistics_averages", ())):
+            for value, average in zip(self._averaged_statistics(k), averages):
+                value.assign(average)
 
     @property
     def learning_rate(self):

@@ -60,7 +60,7 @@ def prepare_model_dir(config):
 
 
 def load_data(config):
-    kwargs = {"batch_size": config.batch_size, "seed": config.seed}
+    kwargs = {"batch_size": config.step_batch_size(), "seed": config.seed}
     if config.data_dir:
         kwargs["data_dir"] = config.data_dir
     if config.labeled_fraction != 1.0:
@@ -85,6 +85,7 @@ def build_members(config, bundle):
     conditions", Algorithm 1); in distill mode the teachers are loaded and frozen."""
     members = []
     teachers = list(config.teacher) if config.mode == "distill" else []
+    net_options = {} if config.bn_momentum is None else {"bn_momentum": config.bn_momentum}
     for k, net in enumerate(config.nets):
         if k < len(teachers):
             path = teachers[k]
@@ -97,7 +98,7 @@ def build_members(config, bundle):
         members.append(dml_nets.build(
             net, num_classes=bundle.num_classes, input_shape=bundle.input_shape,
             weight_decay=config.weight_decay, seed=config.seed * 1000 + k,
-            name=f"{net}_{k}", pretrained=config.pretrained))
+            name=f"{net}_{k}", pretrained=config.pretrained, **net_options))
     return members
 
 
@@ -144,11 +145,11 @@ def run(config, log=print, callbacks=()):
     bundle = load_data(config)
     train, train_count = bundle.train, bundle.train_size
     if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):
-        train = labelled_only(train, config.batch_size)
+        train = labelled_only(train, config.step_batch_size())
         train_count = bundle.labeled_size
         if train_count is None:  # the loader cannot tell: count in one pass
             train_count = sum(int(y.shape[0]) for _, y in train)
-    batches_per_pass = math.ceil(train_count / config.batch_size)
+    batches_per_pass = math.ceil(train_count / config.step_batch_size())
     steps_per_epoch = config.steps_per_epoch or batches_per_pass
 
     with strategy.scope():
@@ -158,11 +159,12 @@ def run(config, log=print, callbacks=()):
             mimicry_weight=config.member_mimicry_weight(), peer_reduction=config.peer_reduction,
             label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
             feature_l2_weight=config.feature_l2_weight,
-            placement=None if config.placement == "none" else config.placement)
+            placement=None if config.placement == "none" else config.placement,
+            member_batches=config.member_batches)
         cohort.compile(
             optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
                        for k in range(len(members))],
-            jit_compile=config.jit_compile)
+            jit_compile=config.jit_compile, ema_batch_norm=config.ema_batch_norm)
 
     backup_dir = os.path.join(config.model_dir, "backup")
     initial_epoch = resumed_epoch(backup_dir)

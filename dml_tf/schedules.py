@@ -6,6 +6,8 @@ run restored from a checkpoint continues with the right learning rate.
 
 import keras
 
+from dml_tf.optimizers import SlimRMSprop
+
 
 @keras.saving.register_keras_serializable(package="dml_tf")
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
@@ -82,4 +84,6 @@ def make_optimizer(config, steps_per_epoch, name=None):
     if config.optimizer == "adam":
         return keras.optimizers.Adam(lr, beta_1=config.beta1, beta_2=config.beta2,
                                      epsilon=config.adam_epsilon, name=name, **ema)
-    return keras.optimizers.RMSprop(lr, rho=config.rmsprop_decay, name=name, **ema)
+    # TF1's RMSProp with slim's momentum and epsilon (the ImageNet recipe of Sec. 4.1).
+    return SlimRMSprop(lr, rho=config.rmsprop_decay, momentum=config.rmsprop_momentum,
+                       epsilon=config.rmsprop_epsilon, name=name, **ema)

@@ -3,7 +3,9 @@ r"""Trains a Deep Mutual Learning cohort from the command line.
   python -m dml_tf.train --dataset=cifar100 --nets=mobilenet,resnet32 --model_dir=runs/x
   python -m dml_tf.train --flagfile=flags/quickstart.flags
 
-Flags left unset take the paper's settings for the dataset (dml_tf/config.py).
+Flags left unset take the dataset's defaults: the paper's settings, completed where it is
+silent from the authors' code and WRN (dml_tf/config.py; the README's "Paper vs original
+code" table).
 """
 
 import os
@@ -17,7 +19,7 @@ from absl import app, flags  # noqa: E402
 
 from dml_tf import config as cfg  # noqa: E402
 from dml_tf import losses  # noqa: E402
-from dml_tf.cohort import UPDATES  # noqa: E402
+from dml_tf.cohort import MEMBER_BATCHES, UPDATES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +33,10 @@ flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and dat
 flags.DEFINE_list("teacher", [], "Saved teacher member files (.keras), one per teacher net.")
 flags.DEFINE_enum("update", "sequential", list(UPDATES),
                   "Algorithm 1 (sequential) or the distributed variant of Sec. 4.5.")
+flags.DEFINE_enum("member_batches", "shared", list(MEMBER_BATCHES),
+                  "shared: every member trains on the same mini-batch (the paper); separate: "
+                  "each on its own --batch_size images, one after the other (the original "
+                  "code's one train op per network); an epoch is then 1/K the steps.")
 flags.DEFINE_enum("mimicry", "kl", list(losses.MIMICRY_MODES),
                   "kl (Eq. 10), js (Eq. 7) or ensemble (DML_e, Eq. 11).")
 flags.DEFINE_float("mimicry_weight", 1.0, "Weight of the mimicry term.")
@@ -52,6 +58,9 @@ flags.DEFINE_float("beta1", None, "Adam beta1.")
 flags.DEFINE_float("beta2", None, "Adam beta2.")
 flags.DEFINE_float("adam_epsilon", None, "Adam epsilon.")
 flags.DEFINE_float("rmsprop_decay", None, "RMSProp decay (rho).")
+flags.DEFINE_float("rmsprop_momentum", None, "RMSProp momentum (default 0.9, TF-slim's).")
+flags.DEFINE_float("rmsprop_epsilon", None, "RMSProp epsilon, inside the square root as in TF1 "
+                   "(default 1.0, TF-slim's opt_epsilon).")
 flags.DEFINE_enum("lr_schedule", None, list(cfg.LR_SCHEDULES),
                   "constant; step (x lr_decay_rate at lr_decay_epochs); exponential "
                   "(x lr_decay_rate every lr_decay_every epochs).")
@@ -64,8 +73,13 @@ flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up over thi
 flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that replaces the "
                    "weights at the end (0: off; dataset default: 0.9999 for Market-1501, as "
                    "the original code, else 0).")
+flags.DEFINE_boolean("ema_batch_norm", True, "With --ema_decay, average the batch-norm moving "
+                     "statistics too, as the original code (all model variables); False: the "
+                     "trainable weights only, as Keras.")
 flags.DEFINE_list("image_size", None, "H,W network input (Market-1501, ImageNet).")
 flags.DEFINE_string("pretrained", None, "'imagenet' or a weights file for the members.")
+flags.DEFINE_float("bn_momentum", None, "Batch-norm momentum (= TF-slim decay) of every member; "
+                   "default each net's own: 0.9997 for mobilenet / inception_v1 (TF-slim), 0.9 else.")
 flags.DEFINE_float("labeled_fraction", 1.0, "Fraction of training images labelled (CIFAR).")
 flags.DEFINE_integer("labeled_ids", None, "Labelled identities (Market-1501).")
 flags.DEFINE_enum("semi", "all", list(cfg.SEMI),

@@ -78,3 +78,32 @@ def write_market1501(root, gt_bbox=True, train_extra_names=(), gallery_extra_nam
         "gallery": sorted(gallery),
         "gt_bbox": sorted(gt) if gt_bbox else None,
     }
+
+
+ORIGINAL_ATOL = 2.0 / 255 + 1e-5  # PIL vs tf.image rounding: one grey level, doubled by [-1, 1]
+
+
+def legacy_bilinear(image, size):
+    """TF1's ``tf.image.resize_images`` (bilinear, align_corners=False, no half-pixel
+    centres) in NumPy: output pixel i samples the input at i * in / out."""
+    height, width = image.shape[:2]
+    ys, xs = np.arange(size[0]) * (height / size[0]), np.arange(size[1]) * (width / size[1])
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
+    dy, dx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    top = image[y0][:, x0] * (1 - dx) + image[y0][:, x1] * dx
+    bottom = image[y1][:, x0] * (1 - dx) + image[y1][:, x1] * dx
+    return top * (1 - dy) + bottom * dy
+
+
+def original_preprocess(path, size):
+    """The original code's Market-1501 pixels, computed independently of dml_tf: its
+    conversion's ``scipy.misc.imresize`` to 160x64 (PIL bilinear, uint8), then its
+    training-time ``resize_images`` to ``size`` on [0, 1] floats, scaled to [-1, 1]."""
+    import tensorflow as tf
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        pixels = tf.io.decode_jpeg(f.read(), channels=3).numpy()
+    stored = np.asarray(Image.fromarray(pixels).resize((64, 160), Image.BILINEAR), np.float64) / 255.0
+    return (legacy_bilinear(stored, size) * 2.0 - 1.0).astype(np.float32)

@@ -392,3 +392,68 @@ def test_forward_passes_per_iteration(update, mimicry_weight, expected):
         m.forwards = 0
     cohort.train_on_batch(x, y)
     assert [m.forwards for m in members] == expected
+
+
+def separate_batches_reference(weights, x, y, lr, update):
+    """The original code's iteration, in NumPy: member k's train op takes its own batch
+    (chunk k) and mimics its peers' predictions on it with their current weights."""
+    k_count = len(weights)
+    size = len(x) // k_count
+    current = [(w.astype(np.float64).copy(), b.astype(np.float64).copy()) for w, b in weights]
+    start = [(w.copy(), b.copy()) for w, b in current]
+    for k in range(k_count):
+        xk, yk = x[k * size:(k + 1) * size], y[k * size:(k + 1) * size]
+        peers = current if update == "sequential" else start
+        w, b = start[k]
+        p = softmax(xk @ w + b)
+        grad_z = (p - np.eye(CLASSES)[yk]) / size
+        for j in range(k_count):
+            if j != k:
+                q = softmax(xk @ peers[j][0] + peers[j][1])
+                grad_z += (p - q) / (k_count - 1) / size
+        current[k] = (w - lr * xk.T @ grad_z, b - lr * grad_z.sum(axis=0))
+    return current
+
+
+@pytest.mark.parametrize("k_count", [2, 3])
+@pytest.mark.parametrize("update", ["sequential", "simultaneous"])
+def test_separate_member_batches_match_the_original_code(k_count, update):
+    members = [linear_member(i, f"m{i}") for i in range(k_count)]
+    start = [member_weights(m) for m in members]
+    x, y = data(n=BATCH * k_count)
+    cohort = dml_tf.MutualLearningModel(members, update=update, member_batches="separate")
+    cohort.compile(optimizer=keras.optimizers.SGD(0.5))
+    logs = cohort.train_on_batch(x, y, return_dict=True)
+    expected = separate_batches_reference(start, x, y, 0.5, update)
+    for member, (w, b) in zip(members, expected):
+        np.testing.assert_allclose(member_weights(member)[0], w, atol=2e-6)
+        np.testing.assert_allclose(member_weights(member)[1], b, atol=2e-6)
+    # member k's metrics are on its own chunk: its accuracy before the update
+    for k, (w, b) in enumerate(start):
+        chunk = slice(k * BATCH, (k + 1) * BATCH)
+        accuracy = np.mean(np.argmax(x[chunk] @ w + b, axis=1) == y[chunk])
+        np.testing.assert_allclose(logs[f"accuracy_{k}"], accuracy, atol=1e-6)
+    # the shared default trains every member on the whole batch instead
+    shared = [linear_member(i, f"s{i}") for i in range(k_count)]
+    cohort = dml_tf.MutualLearningModel(shared, update=update)
+    cohort.compile(optimizer=keras.optimizers.SGD(0.5))
+    cohort.train_on_batch(x, y)
+    assert np.abs(member_weights(shared[0])[0] - expected[0][0]).max() > 1e-4
+
+
+def test_separate_member_batches_wrap_a_short_batch():
+    """A last batch of n < K*B images gives every member ceil(n/K) rows, wrapping around."""
+    members = [linear_member(i, f"m{i}") for i in range(2)]
+    start = [member_weights(m) for m in members]
+    x, y = data(n=3)
+    cohort = dml_tf.MutualLearningModel(members, member_batches="separate")
+    cohort.compile(optimizer=keras.optimizers.SGD(0.5))
+    cohort.train_on_batch(x, y)
+    rows = [0, 1, 2, 0]  # chunks [0, 1] and [2, 0]
+    expected = separate_batches_reference(start, x[rows], y[rows], 0.5, "sequential")
+    for member, (w, b) in zip(members, expected):
+        np.testing.assert_allclose(member_weights(member)[0], w, atol=2e-6)
+    with pytest.raises(ValueError, match="member_batches"):
+        dml_tf.MutualLearningModel(members, member_batches="own")
+    config = dml_tf.MutualLearningModel(members, member_batches="separate").get_config()
+    assert dml_tf.MutualLearningModel.from_config(config).member_batches == "separate"

@@ -268,3 +268,30 @@ def test_registry_loads_market1501(market):
 
     bundle = data.load("market1501", data_dir=market[0], batch_size=2, image_size=SIZE)
     assert bundle.num_classes == 4
+
+
+def test_two_step_resize_of_the_original(market, tmp_path):
+    """Both sources give the original code's pixels: its conversion's resize to 160x64
+    (PIL bilinear), then TF1's resize_images to the network input (here 8x4, and 224x224)."""
+    data_dir, written = market
+    market1501.write_tfrecords(data_dir, str(tmp_path / "records"))
+    for source in ("folders", "tfrecords"):
+        for size in (SIZE, (224, 224)):
+            bundle = market1501.load(data_dir, batch_size=4, image_size=size, source=source,
+                                     tfrecord_dir=str(tmp_path / "records"))
+            query = bundle.extras["query"]
+            expected = np.stack([helpers_market.original_preprocess(
+                os.path.join(data_dir, "query", name), size) for name in query.filenames])
+            np.testing.assert_allclose(_split_pixels(query), expected, atol=helpers_market.ORIGINAL_ATOL)
+    # the records hold the 160x64 images as PNG, exactly the folders' first step
+    with open(tmp_path / "records" / market1501.MANIFEST) as f:
+        manifest = json.load(f)
+    assert manifest["version"] == 2 and manifest["stored_size"] == [160, 64]
+    shard = str(tmp_path / "records" / manifest["splits"]["query"]["shards"][0])
+    record = tf.io.parse_single_example(next(iter(tf.data.TFRecordDataset(shard))), {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string), "image/format": tf.io.FixedLenFeature([], tf.string)})
+    assert record["image/format"].numpy() == b"png"
+    stored = tf.io.decode_png(record["image/encoded"]).numpy()
+    first = tf.io.decode_jpeg(tf.io.read_file(os.path.join(data_dir, "query", written["query"][0])), channels=3)
+    np.testing.assert_array_equal(stored, market1501.stored_image(first).numpy())
+    assert stored.shape == (160, 64, 3)

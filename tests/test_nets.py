@@ -228,3 +228,43 @@ def test_pretrained_missing_or_unrelated_file(tmp_path):
     _backbone(nets.build("tiny_cnn", num_classes=10)).save_weights(path)
     with pytest.raises(nets.PretrainedWeightsError, match="no layer"):
         nets.build("mobilenet", num_classes=10, pretrained=path)
+
+
+@pytest.mark.parametrize("arch, momentum", [("mobilenet", 0.9997), ("inception_v1", 0.9997), ("resnet20", 0.9),
+                                            ("wrn_16_4", 0.9), ("tiny_cnn", 0.9)])
+def test_batch_norm_momentum(arch, momentum):
+    """slim's batch_norm decay 0.9997 for the slim nets, 0.9 for the PyTorch-style ones; overridable."""
+    net = nets.build(arch, num_classes=5, seed=0)
+    bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and {layer.momentum for layer in bns} == {momentum}
+    other = nets.build(arch, num_classes=5, seed=0, bn_momentum=0.5)
+    assert {layer.momentum for layer in other.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.5}
+    with pytest.raises(ValueError, match="bn_momentum"):
+        nets.build(arch, num_classes=5, bn_momentum=1.0)
+
+
+def test_slim_batch_norm_update_is_decay_0_9997():
+    """One training step moves MobileNet's first moving mean by (1 - 0.9997) x the batch mean."""
+    net = nets.build("mobilenet", num_classes=5, input_shape=(32, 32, 3), seed=0)
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    conv = keras.Model(net.input, net.get_layer("conv1").output)(x).numpy()
+    net(x, training=True)
+    batch_mean = conv.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(_np(net.get_layer("conv1_bn").moving_mean), (1 - 0.9997) * batch_mean,
+                               rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch, rate", [("inception_v1", 0.2), ("mobilenet", 0.001)])
+def test_slim_dropout_before_logits(arch, rate):
+    """slim's dropout_keep_prob: 0.8 (inception_v1), 0.999 (mobilenet), between features and logits."""
+    net = nets.build(arch, num_classes=5, seed=0)
+    dropout = net.get_layer("dropout")
+    assert net.get_layer("logits").input is dropout.output
+    assert dropout.input is net.get_layer("features").output
+    out = _np(dropout(np.ones((200, 1024), "float32"), training=True))
+    kept = out != 0
+    np.testing.assert_allclose(out[kept], 1.0 / (1.0 - rate), rtol=1e-6)
+    assert abs((1 - kept.mean()) - rate) < max(0.01, 3 * np.sqrt(rate * (1 - rate) / out.size))
+    np.testing.assert_array_equal(_np(dropout(np.ones((2, 1024), "float32"), training=False)), 1.0)
+    assert "dropout" not in [layer.name for layer in nets.build(arch, num_classes=5, dropout=0.0).layers]

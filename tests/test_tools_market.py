@@ -13,7 +13,7 @@ import helpers_market
 from helpers_tools import check_ok, load_tool, run_cli
 from test_tools_analysis import np_entropy
 
-SIZE = (helpers_market.HEIGHT, helpers_market.WIDTH)  # the JPEGs' own size: resizing is the identity
+SIZE = (helpers_market.HEIGHT, helpers_market.WIDTH)  # the JPEGs' own size
 SWEEP_FLAGS = dict(dataset="market1501", net="tiny_cnn", epochs=1, steps_per_epoch=1, batch_size=4,
                    image_size="16,8")
 quiet = {"log": lambda s: None}
@@ -24,12 +24,14 @@ def person_id(name):
 
 
 def file_images(data_dir, folder, names):
-    """The JPEG files decoded and scaled to [-1, 1] (unflipped, no resize needed)."""
+    """The JPEG files through the Market-1501 preprocessing (unflipped; checked against an
+    independent computation in test_market1501_data.py)."""
     import tensorflow as tf
 
-    images = [tf.io.decode_jpeg(open(os.path.join(data_dir, folder, n), "rb").read(), channels=3).numpy()
-              for n in names]
-    return np.stack(images).astype(np.float32) / 255.0 * 2.0 - 1.0
+    from dml_tf.data import market1501
+
+    return np.stack([market1501.preprocess(tf.io.read_file(os.path.join(data_dir, folder, n)), SIZE).numpy()
+                     for n in names])
 
 
 def collect(dataset):

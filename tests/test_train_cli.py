@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
@@ -138,6 +139,9 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--labeled_ids=5"], "--labeled_ids is not supported with --dataset=digits"),
     (["--image_size=16,16"], "--image_size is not supported with --dataset=digits"),
     (["--strategy=tpu"], "--strategy=tpu cannot start here"),
+    (["--bn_momentum=1.5"], "--bn_momentum must be in [0, 1)"),
+    (["--rmsprop_epsilon=0"], "--rmsprop_epsilon must be positive"),
+    (["--rmsprop_momentum=1"], "--rmsprop_momentum must be in [0, 1)"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:
@@ -183,3 +187,30 @@ def test_command_line_error_is_one_line_and_nonzero(tmp_path):
     assert process.returncode != 0
     assert "Unknown network 'resnet33'" in process.stderr or "resnet33" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_bn_momentum_flag_sets_every_member(tmp_path):
+    """--bn_momentum overrides each net's own batch-norm momentum; unset keeps it."""
+    bundle = types.SimpleNamespace(num_classes=3, input_shape=(16, 16, 3))
+
+    def momenta(**overrides):
+        config = tiny_config(tmp_path, None, nets=("mobilenet", "tiny_cnn"), **overrides).resolved()
+        return [{layer.momentum for layer in member.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)}
+                for member in runner.build_members(config, bundle)]
+
+    assert momenta() == [{0.9997}, {0.9}]
+    assert momenta(bn_momentum=0.7) == [{0.7}, {0.7}]
+
+
+def test_separate_member_batches_feed_each_member_its_own_batch(cifar_dir, tmp_path):
+    """--member_batches=separate: steps take K x batch_size images (each member its own)."""
+    lines = []
+    results = runner.run(tiny_config(tmp_path / "sep", cifar_dir, batch_size=8, member_batches="separate"),
+                         log=lines.append)
+    assert "(40 images, 3 steps/epoch)" in lines[0]  # ceil(40 / (2 x 8))
+    assert results["config"]["member_batches"] == "separate"
+    assert np.isfinite(results["history"]["loss_1"]).all()
+    with pytest.raises(cfg.ConfigError, match="--member_batches=separate cannot be used with --mode=distill"):
+        tiny_config(tmp_path / "d", cifar_dir, mode="distill", teacher=("t.keras",),
+                    member_batches="separate").resolved()

@@ -4,8 +4,9 @@
         [--output_dir=.../Market-1501-v15.09.15/tfrecords] [--shard_size=2000]
 
 One set of shards per split (train = bounding_box_train, gallery = bounding_box_test,
-query, gt_bbox when present); each example holds the JPEG bytes unchanged
-(image/encoded), the ORIGINAL person id (image/label, -1 junk, 0 distractor),
+query, gt_bbox when present); each example holds the image resized to 160x64 as
+the original conversion does, as PNG (image/encoded; training resizes it on to the
+network's input), the ORIGINAL person id (image/label, -1 junk, 0 distractor),
 image/camera and image/filename. Shards are written to temporary files and renamed;
 the manifest market1501_tfrecords.json is written last, so an interrupted conversion
 is never read. Train with them via dml_tf.data.load("market1501", data_dir=...,

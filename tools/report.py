@@ -20,7 +20,7 @@ entropy_weight, feature_l2_weight) picks the paper cell(s) it reproduces:
 Our values are in % (results.json and eval.json store fractions); ``diff`` = ours - paper.
 Runs with no paper counterpart are listed after the table. Writes ``--output`` (Markdown)
 plus ``.json`` (the rows) and ``.png`` (ours vs paper scatter) beside it, atomically.
-The paper's numbers are transcribed below from shared/REFERENCE.md (Tables 2-5).
+The paper's numbers are transcribed below from its Tables 2-5.
 """
 
 import json
@@ -32,8 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 from absl import app  # noqa: E402
 
-SOURCE = ("Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018, Tables 2-5 "
-          "(transcribed from shared/REFERENCE.md)")
+SOURCE = "Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018, Tables 2-5"
 
 # Table 2: top-1 (%) of independent nets (depends only on the net) and of DML pairs.
 TABLE2_INDEPENDENT = {

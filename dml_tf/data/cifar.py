@@ -16,8 +16,10 @@ Sources, in this order:
   into NumPy.  If the data set is not prepared there and the download host is
   unreachable, the loader fails at once instead of after tfds' retries.
 
-Preprocessing: images are scaled to [0, 1] and standardised per channel with the
-mean and standard deviation of the *loaded training images* (computed here, not
+Preprocessing: images are scaled to [0, 1] and standardised per channel (as WRN,
+Zagoruyko & Komodakis 2016, whose CIFAR settings the paper follows; the DML paper
+itself does not mention it) with the mean and standard deviation of the *loaded
+training images* (computed here, not
 hard-coded; for the full CIFAR-100 training set about mean (0.507, 0.487, 0.441),
 std (0.267, 0.256, 0.276)); they are in ``bundle.extras["mean"]`` / ``["std"]``.
 Training augmentation exactly as the paper: reflect-pad 4 pixels, random 32x32 crop,

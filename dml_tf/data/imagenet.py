@@ -8,7 +8,8 @@ default ``~/tensorflow_datasets`` when None); later calls read them directly and
 need no archives.  ``data_dir=None`` uses tfds' default manual dir
 ``<tfds_data_dir>/downloads/manual``.
 
-Preprocessing (images scaled to [-1, 1], as the TF-slim nets of the paper expect):
+Preprocessing (Inception-style; the paper gives none; images scaled to [-1, 1], as the
+TF-slim nets expect):
 
 * train: Inception-style random-resized crop -- a box from
   ``tf.image.stateless_sample_distorted_bounding_box`` (area 8%..100% of the image,
@@ -159,7 +160,7 @@ def load(
       data_dir: folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar
         (only needed until tfds has prepared the data).
       batch_size, seed, labeled_fraction: as :func:`dml_tf.data.cifar.load`.
-      image_size: side of the square network input (224 in the paper).
+      image_size: side of the square network input (224, the TF-slim nets' default).
       shuffle_buffer: examples in the shuffle buffer (after file shuffling).
       tfds_data_dir: where tfds keeps the prepared TFRecords (None = its default).
     """

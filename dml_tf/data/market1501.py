@@ -20,10 +20,14 @@ not belong in ``bounding_box_train``; if some are there they are dropped and cou
 :func:`unaugmented_split`, which serves the analysis tools (Fig. 4 statistics on the
 training images, Fig. 5 t-SNE on the gallery) the images without augmentation.
 
-Preprocessing follows the original implementation: decode the JPEG, convert to float in
-[0, 1], resize (bilinear) to the network input (224x224 by default, the MobileNet /
-Inception v1 size, so the 128x64 crops are stretched), random left-right flip for
-training only, then scale to [-1, 1].
+Preprocessing follows the original implementation in its two steps: its TFRecord
+conversion resizes every image to 160x64 (``scipy.misc.imresize``: PIL's bilinear,
+rounded to uint8; here ``tf.image.resize(antialias=True)``, within one grey level of
+PIL), and training converts to float in [0, 1], resizes that to the network input with
+TF1's ``tf.image.resize_images`` (bilinear, no half-pixel centres; 224x224 by default,
+the MobileNet / Inception v1 size), flips left-right at random (training only) and
+scales to [-1, 1]. Images read from the folders take the same first step, so both
+sources give the same pixels.
 
 TFRecords (the original's route) are written by ``tools/convert_market1501.py`` (see
 :func:`write_tfrecords`) into ``data_dir/tfrecords`` unless told otherwise; ``load``
@@ -62,6 +66,7 @@ DOWNLOAD_HINT = (
     "unzip it and pass --data_dir=.../Market-1501-v15.09.15."
 )
 DEFAULT_IMAGE_SIZE = (224, 224)
+STORED_SIZE = (160, 64)  # the original conversion's image size (height, width)
 TFRECORD_SUBDIR = "tfrecords"
 MANIFEST = "market1501_tfrecords.json"
 MANIFEST_FORMAT = "dml_tf/market1501-tfrecords"
@@ -199,17 +204,27 @@ def parse_image_size(image_size):
     return size
 
 
-def preprocess(encoded, image_size, flip=None):
-    """JPEG bytes -> float32 (H, W, 3) in [-1, 1], as the original re-id preprocessing.
+def stored_image(image):
+    """uint8 (h, w, 3) -> uint8 (160, 64, 3), the original TFRecord conversion's resize
+    (PIL bilinear, antialiased when shrinking, rounded); the identity at 160x64."""
+    import tensorflow as tf
 
-    Decode, convert to [0, 1], resize bilinearly to ``image_size``, flip left-right
-    where the boolean tensor ``flip`` is true, scale to [-1, 1].
+    resized = tf.image.resize(image, STORED_SIZE, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def preprocess(encoded, image_size, flip=None):
+    """JPEG or PNG bytes -> float32 (H, W, 3) in [-1, 1], as the original re-id preprocessing.
+
+    Decode, resize to the stored 160x64 (:func:`stored_image`), convert to [0, 1], resize
+    to ``image_size`` as TF1's ``tf.image.resize_images`` (bilinear, no half-pixel
+    centres), flip left-right where the boolean tensor ``flip`` is true, scale to [-1, 1].
     """
     import tensorflow as tf
 
-    image = tf.io.decode_jpeg(encoded, channels=3)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, image_size, method="bilinear")
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.convert_image_dtype(stored_image(image), tf.float32)
+    image = tf.compat.v1.image.resize_images(image, image_size, method=tf.compat.v1.image.ResizeMethod.BILINEAR)
     if flip is not None:
         image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
     image = (image - 0.5) * 2.0
@@ -244,7 +259,7 @@ def _example(encoded, person_id, camera, filename):
         features=tf.train.Features(
             feature={
                 "image/encoded": _bytes(encoded),
-                "image/format": _bytes(b"jpeg"),
+                "image/format": _bytes(b"png"),
                 "image/label": _int(person_id),
                 "image/camera": _int(camera),
                 "image/filename": _bytes(filename.encode("utf-8")),
@@ -256,7 +271,8 @@ def _example(encoded, person_id, camera, filename):
 def write_tfrecords(data_dir, output_dir=None, shard_size=2000, skip_unparsable=False):
     """Writes every split of ``data_dir`` as sharded TFRecords (the original's route).
 
-    Each example holds ``image/encoded`` (the JPEG bytes, unchanged), ``image/format``,
+    Each example holds ``image/encoded`` (the image resized to 160x64 as the original's
+    conversion, :func:`stored_image`, as PNG), ``image/format``,
     ``image/label`` (the ORIGINAL person id, -1 for junk), ``image/camera`` and
     ``image/filename``; examples are in sorted file-name order, shard after shard
     (``{split}-00000-of-00007.tfrecord``). Every shard is written to a temporary file
@@ -278,18 +294,22 @@ def write_tfrecords(data_dir, output_dir=None, shard_size=2000, skip_unparsable=
     if os.path.exists(manifest_path):
         os.remove(manifest_path)
 
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "data_dir": data_dir, "splits": {}}
+    # Version 1 held the JPEG bytes unchanged; it still reads the same (preprocess resizes).
+    manifest = {"format": MANIFEST_FORMAT, "version": 2, "data_dir": data_dir,
+                "stored_size": list(STORED_SIZE), "splits": {}}
     for split, listing in listings.items():
         num_shards = max(1, math.ceil(len(listing) / shard_size))
         shards = [f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
         for i, shard in enumerate(shards):
             final = os.path.join(output_dir, shard)
             tmp = os.path.join(output_dir, f".{shard}.tmp")
+            indices = np.arange(i * shard_size, min((i + 1) * shard_size, len(listing)))
+            images = _encoded_dataset(listing, None, indices).map(
+                lambda e: tf.io.encode_png(stored_image(tf.io.decode_image(e, channels=3, expand_animations=False))),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             try:
                 with tf.io.TFRecordWriter(tmp) as writer:
-                    for k in range(i * shard_size, min((i + 1) * shard_size, len(listing))):
-                        with open(os.path.join(listing.folder, listing.filenames[k]), "rb") as f:
-                            encoded = f.read()
+                    for k, encoded in zip(indices, images.as_numpy_iterator()):
                         writer.write(_example(encoded, listing.ids[k], listing.cams[k], listing.filenames[k]))
                 os.replace(tmp, final)
             except BaseException:
@@ -387,7 +407,7 @@ class Market1501Split:
 
 
 def _encoded_dataset(listing, shards, indices=None):
-    """JPEG bytes of a split in listing order; only the (increasing) ``indices`` if given."""
+    """Encoded images (JPEG files or PNG records) of a split in listing order; only the (increasing) ``indices`` if given."""
     import tensorflow as tf
 
     if shards is None:

@@ -125,6 +125,15 @@ def check_rate(value, arg):
     return float(value)
 
 
+def bn_momentum(value, default):
+    """A builder's ``bn_momentum``: ``None`` gives the network's ``default``.
+
+    Keras' ``BatchNormalization(momentum=m)`` updates ``moving = m * moving + (1 - m) * batch``,
+    which is TF-slim's ``batch_norm(decay=m)``.
+    """
+    return default if value is None else check_rate(value, "bn_momentum")
+
+
 def is_small_input(input_shape, small_input):
     """``small_input=None`` means: CIFAR-style strides when min(height, width) < 64."""
     if small_input is None:

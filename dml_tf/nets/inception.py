@@ -1,11 +1,13 @@
 """Inception v1 (GoogLeNet) of Szegedy et al., "Going Deeper with Convolutions", CVPR 2015,
 in the TF-slim form used by the DML authors (``nets/inception_v1.py``): batch norm after
-every conv (no bias, no BN scale; momentum 0.99, epsilon 1e-3), no local response
+every conv (no bias, no BN scale; slim's ``inception_arg_scope`` batch-norm decay 0.9997,
+epsilon 1e-3), no local response
 normalisation, no auxiliary classifiers, and -- as in TF-slim -- 3x3 instead of 5x5
 kernels in the third branch of each Inception module (``branch3_kernel=5`` gives the
 original GoogLeNet). Layer names follow TF-slim's scopes with "/" replaced by "_"
 (e.g. ``Mixed_4b_Branch_1_Conv2d_0b_3x3``), ending in global average pooling
-(``features``, 1024-d) and the ``logits`` Dense layer.
+(``features``, 1024-d), slim's dropout 0.2 (``dropout_keep_prob=0.8``) and the ``logits``
+Dense layer.
 
 Strides: the original ones (Conv2d_1a_7x7 stride 2, 3x3/2 max pools MaxPool_2a, MaxPool_3a,
 MaxPool_4a and 2x2/2 MaxPool_5a; total stride 32) unless ``small_input`` (default:
@@ -25,6 +27,8 @@ counted, so we keep the TF-slim architecture the authors trained.
 import keras
 
 from dml_tf.nets import _common
+
+SLIM_BN_DECAY = 0.9997  # slim's inception_arg_scope batch_norm_decay
 
 # name: (Branch_0 1x1, Branch_1 1x1 reduce, Branch_1 3x3, Branch_2 1x1 reduce, Branch_2 3x3 (5x5), Branch_3 pool proj)
 _MIXED = (
@@ -62,21 +66,25 @@ def inception_v1(
     seed=None,
     name=None,
     small_input=None,
-    dropout=0.0,
+    dropout=0.2,
     branch3_kernel=3,
+    bn_momentum=None,
 ):
     """Builds Inception v1 (TF-slim GoogLeNet) mapping images to logits.
 
     ``small_input``: None (auto: min(height, width) < 64), True (CIFAR strides) or False
     (original strides). ``weight_decay`` is the SGD weight-decay coefficient (regulariser
-    L2(weight_decay / 2)); ``branch3_kernel`` is 3 (TF-slim) or 5 (original GoogLeNet).
+    L2(weight_decay / 2)); ``branch3_kernel`` is 3 (TF-slim) or 5 (original GoogLeNet);
+    ``dropout`` before the logits is slim's 0.2; ``bn_momentum`` (default slim's 0.9997; with
+    so slow an average, a run of a few thousand steps evaluates with lagging statistics).
     """
     num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
     small = _common.is_small_input(input_shape, small_input)
     dropout = _common.check_rate(dropout, "dropout")
     if branch3_kernel not in (3, 5):
         raise ValueError(f"branch3_kernel must be 3 or 5, got {branch3_kernel!r}")
-    f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.99, bn_epsilon=1e-3)
+    f = _common.LayerFactory(weight_decay, seed, bn_momentum=_common.bn_momentum(bn_momentum, SLIM_BN_DECAY),
+                             bn_epsilon=1e-3)
     inputs = _common.images_input(input_shape)
     x = f.conv_bn_relu(inputs, 64, 7, "Conv2d_1a_7x7", strides=1 if small else 2, scale=False)
     if not small:

@@ -4,9 +4,10 @@ Mobile Vision Applications", arXiv:1704.04861, 2017 (width multiplier 1.0).
 A 3x3 conv with 32 filters, then 13 depthwise-separable blocks (3x3 depthwise conv-BN-ReLU6,
 1x1 conv-BN-ReLU6) with 64, 128, 128, 256, 256, 512 (x6), 1024, 1024 output channels,
 global average pooling (``features``, 1024-d, TF-slim's 'PreLogits' used by DML for
-re-id), optional dropout and the ``logits`` Dense layer. Layer names and batch-norm
-settings (momentum 0.99, epsilon 1e-3) are those of ``keras.applications.MobileNet``,
-so its ImageNet weights load by name (``pretrained="imagenet"``).
+re-id), dropout 0.001 (slim's ``dropout_keep_prob=0.999``, also Keras') and the ``logits``
+Dense layer. Layer names are those of ``keras.applications.MobileNet``, so its ImageNet
+weights load by name (``pretrained="imagenet"``); batch norm has epsilon 1e-3 and slim's
+``mobilenet_v1_arg_scope`` decay 0.9997 (Keras' MobileNet uses 0.99).
 
 Strides: the original ones (stride 2 in conv1 and in the depthwise convs of blocks 2, 4,
 6 and 12; total stride 32) unless ``small_input`` (default: min(height, width) < 64, e.g.
@@ -21,6 +22,8 @@ depthwise kernels are not weight-decayed unless ``regularize_depthwise=True``.
 import keras
 
 from dml_tf.nets import _common
+
+SLIM_BN_DECAY = 0.9997  # slim's mobilenet_v1_arg_scope batch-norm decay
 
 # (pointwise filters, depthwise stride in the original network) for blocks 1..13.
 _BLOCKS = (
@@ -49,19 +52,23 @@ def mobilenet_v1(
     seed=None,
     name=None,
     small_input=None,
-    dropout=0.0,
+    dropout=1e-3,
     regularize_depthwise=False,
+    bn_momentum=None,
 ):
     """Builds MobileNet v1 (width 1.0) mapping images to logits.
 
     Pretrained ImageNet weights expect images scaled to [-1, 1]. ``small_input``: None
     (auto: min(height, width) < 64), True (CIFAR strides) or False (original strides).
     ``weight_decay`` is the SGD weight-decay coefficient (regulariser L2(weight_decay / 2)).
+    ``bn_momentum``: default slim's 0.9997 (with so slow an average, a run of a few thousand
+    steps evaluates with lagging statistics).
     """
     num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
     small = _common.is_small_input(input_shape, small_input)
     dropout = _common.check_rate(dropout, "dropout")
-    f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.99, bn_epsilon=1e-3)
+    f = _common.LayerFactory(weight_decay, seed, bn_momentum=_common.bn_momentum(bn_momentum, SLIM_BN_DECAY),
+                             bn_epsilon=1e-3)
     inputs = _common.images_input(input_shape)
     x = f.conv_bn_relu(inputs, 32, 3, "conv1", strides=1 if small else 2, max_value=6.0)
     for block_id, (filters, strides) in enumerate(_BLOCKS, start=1):

@@ -50,7 +50,8 @@ def build(
       pretrained: None, "imagenet" (mobilenet: Keras' ImageNet weights; inception_v1: an
         error asking for a local file) or a path to a .weights.h5 / .h5 file, loaded by
         layer name into the backbone (see ``dml_tf.nets.pretrained``).
-      **kwargs: architecture options (e.g. ``small_input``, ``dropout``).
+      **kwargs: architecture options (e.g. ``small_input``, ``dropout``; every network takes
+        ``bn_momentum``, None for its own default).
     """
     if not isinstance(arch, str) or arch not in _BUILDERS:
         raise ValueError(f"unknown network {arch!r}; known networks: {', '.join(names())}")

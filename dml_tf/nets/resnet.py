@@ -73,11 +73,13 @@ def cifar_resnet(
     seed=None,
     name=None,
     shortcut="A",
+    bn_momentum=None,
 ):
     """Builds the CIFAR ResNet-``depth`` (depth = 6n + 2) of He et al. 2016 mapping images to logits.
 
     ``weight_decay`` is the SGD weight-decay coefficient (regulariser L2(weight_decay / 2)
-    on conv and dense kernels); ``shortcut`` is "A" (zero-padding, default) or "B" (1x1 projection).
+    on conv and dense kernels); ``shortcut`` is "A" (zero-padding, default) or "B" (1x1 projection);
+    ``bn_momentum`` defaults to 0.9.
     """
     num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
@@ -85,7 +87,7 @@ def cifar_resnet(
     if shortcut not in ("A", "B"):
         raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
     n = (depth - 2) // 6
-    f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.9, bn_epsilon=1e-5)
+    f = _common.LayerFactory(weight_decay, seed, bn_momentum=_common.bn_momentum(bn_momentum, 0.9), bn_epsilon=1e-5)
     inputs = _common.images_input(input_shape)
     x = f.conv_bn_relu(inputs, 16, 3, "conv1")
     for stage, filters in enumerate((16, 32, 64), start=1):

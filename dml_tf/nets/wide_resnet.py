@@ -45,11 +45,13 @@ def wrn(
     seed=None,
     name=None,
     dropout=0.0,
+    bn_momentum=None,
 ):
     """Builds WRN-``depth``-``width`` (depth = 6n + 4) mapping images to logits.
 
     ``weight_decay`` is the SGD weight-decay coefficient (regulariser L2(weight_decay / 2)
-    on conv and dense kernels; the WRN paper uses 5e-4); ``dropout`` is the in-block rate.
+    on conv and dense kernels; the WRN paper uses 5e-4); ``dropout`` is the in-block rate;
+    ``bn_momentum`` defaults to 0.9.
     """
     num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
@@ -58,7 +60,7 @@ def wrn(
         raise ValueError(f"width must be an integer >= 1, got {width!r}")
     dropout = _common.check_rate(dropout, "dropout")
     n = (depth - 4) // 6
-    f = _common.LayerFactory(weight_decay, seed, bn_momentum=0.9, bn_epsilon=1e-5)
+    f = _common.LayerFactory(weight_decay, seed, bn_momentum=_common.bn_momentum(bn_momentum, 0.9), bn_epsilon=1e-5)
     inputs = _common.images_input(input_shape)
     x = f.conv(16, 3, name="conv1")(inputs)
     for group, filters in enumerate((16 * width, 32 * width, 64 * width), start=1):
