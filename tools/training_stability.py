@@ -195,11 +195,14 @@ def compute(output_dir, dataset="cifar10", data_dir=None, nets=("resnet32", "res
         parse_condition(condition)
     if steps < 1 or every < 1:
         raise app.UsageError("--steps and --every must be positive.")
-    results = {c: run_condition(c, dataset, data_dir, _common.split_list(nets), steps, every, seed, log)
-               for c in conditions}
-    payload = {"dataset": dataset, "nets": list(_common.split_list(nets)), "seed": seed,
-               "quantities": list(QUANTITIES), "conditions": results}
-    return _common.write_outputs(output_dir, "training_stability", payload, plot(results), log)
+    results, paths = {}, None
+    for condition in conditions:  # outputs rewritten after each condition: an interrupted run keeps them
+        results[condition] = run_condition(condition, dataset, data_dir, _common.split_list(nets), steps, every,
+                                           seed, log)
+        payload = {"dataset": dataset, "nets": list(_common.split_list(nets)), "seed": seed,
+                   "quantities": list(QUANTITIES), "conditions": results}
+        paths = _common.write_outputs(output_dir, "training_stability", payload, plot(results), log)
+    return paths
 
 
 if __name__ == "__main__":
