@@ -16,3 +16,12 @@ class DataError(DMLError, ValueError):
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
     """A dataset could not be downloaded nor found locally."""
+
+
+class RunFileError(DMLError, ValueError):
+    """A file of a training run (checkpoint, results, saved model) is missing,
+    damaged or not what it should be."""
+
+
+class OutputError(DMLError, ValueError):
+    """An output folder cannot be created or written."""
