@@ -7,6 +7,7 @@ from ``DATASET_DEFAULTS`` (the paper's settings, ../shared/REFERENCE.md).
 """
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 MODES = ("dml", "independent", "distill")
@@ -49,6 +50,13 @@ DATASET_DEFAULTS["digits"] = dict(DATASET_DEFAULTS["cifar10"], epochs=8, lr_deca
 GENERIC_DEFAULTS = dict(momentum=0.9, nesterov=False, beta1=0.9, beta2=0.999, adam_epsilon=1e-7,
                         rmsprop_decay=0.9, lr_decay_epochs=(), lr_decay_rate=0.1, lr_decay_every=1,
                         image_size=None, ema_decay=0.0)
+
+
+# Fields that say where and how a run executes, not what it computes: a run resumed
+# with other values of these continues the same training. Every other field of
+# ``TrainConfig`` (new ones included) must match the checkpoint's on resume.
+RUN_ONLY_FIELDS = ("model_dir", "data_dir", "overwrite", "verbose", "strategy", "jit_compile",
+                   "placement")
 
 
 class ConfigError(ValueError):
@@ -126,6 +134,9 @@ class TrainConfig:
                 raise ConfigError(message)
 
         need(len(self.nets) >= 1 and all(self.nets), "--nets must name at least one network.")
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, float):
+                need(math.isfinite(value), f"--{name} must be a finite number; got {value}.")
         need(self.mode in MODES, f"--mode must be one of {MODES}; got {self.mode!r}.")
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}.")
         need(self.lr_schedule in LR_SCHEDULES, f"--lr_schedule must be one of {LR_SCHEDULES}.")
@@ -162,6 +173,13 @@ class TrainConfig:
                  f"({len(self.nets) - 1}); got {len(self.teacher)}.")
         else:
             need(not self.teacher, "--teacher is only used with --mode=distill.")
+
+    def training_settings(self):
+        """The fields that determine the training (all but ``RUN_ONLY_FIELDS``) as
+        JSON values: what a checkpoint records and a resumed run must match."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in values.items() if k not in RUN_ONLY_FIELDS}
 
     def member_mimicry_weight(self):
         """Independent training is the same cohort without the mimicry term."""
