@@ -15,12 +15,14 @@
   Market-1501: training images for Fig. 4-style statistics, gallery for Fig. 5).
 """
 
-import json
 import os
 
 import numpy as np
 
+from dml_tf.io_utils import read_json
+
 TOP_K = 5
+RETRAIN_HINT = "Train the run again: python -m dml_tf.train ... --model_dir={run_dir} --overwrite."
 
 
 # --------------------------------------------------------------------------- statistics
@@ -206,8 +208,7 @@ def read_run(run_dir):
     path = os.path.join(run_dir, "results.json")
     if not os.path.isfile(path):
         raise ValueError(f"{run_dir} holds no results.json: not a finished dml_tf.train run.")
-    with open(path) as f:
-        results = json.load(f)
+    results = read_json(path, RETRAIN_HINT.format(run_dir=run_dir))
     members = member_entries(results)
     for entry in members:
         entry["path"] = os.path.join(run_dir, entry["file"])
@@ -218,13 +219,36 @@ def read_run(run_dir):
     return results, members
 
 
-def load_member(path):
-    """A saved member, loaded without its training configuration."""
+def load_member(path, flag=None):
+    """A saved member, loaded without its training configuration.
+
+    A file that is not a Keras model (not a ``.keras`` zip archive, no
+    ``config.json`` in it, or unreadable) is a ``RunFileError`` naming it
+    (as ``flag`` when given, e.g. ``"--teacher"``) and what is wrong.
+    """
+    import zipfile
+
     import keras
 
     import dml_tf.nets  # noqa: F401  (registers the custom layers of the paper's nets)
+    from dml_tf.errors import RunFileError
 
-    return keras.models.load_model(path, compile=False)
+    path = os.fspath(path)
+    name = f"{flag} file {path}" if flag else f"Model file {path}"
+    if not os.path.isfile(path):
+        raise RunFileError(f"{name} does not exist.")
+    if path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise RunFileError(f"{name} is not a Keras model: a .keras file is a zip archive "
+                               "(written by model.save), this one is not (damaged or another format).")
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise RunFileError(f"{name} is not a Keras model: the archive has no config.json "
+                                   "(damaged, or not written by model.save).")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - any failure inside Keras is a bad file
+        raise RunFileError(f"{name} cannot be loaded as a Keras model: {type(e).__name__}: {e}") from None
 
 
 def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, limit=None, identities=None,

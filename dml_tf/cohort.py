@@ -1,6 +1,9 @@
 """The mutual-learning cohort: K Keras models that learn together (Algorithm 1)."""
 
 import contextlib
+import math
+import numbers
+import re
 
 import keras
 import numpy as np
@@ -54,6 +57,30 @@ def _moving_statistics(layer, seen=None):
     if isinstance(layer, keras.layers.BatchNormalization):
         return [layer.moving_mean, layer.moving_variance]
     return [v for sub in getattr(layer, "layers", ()) for v in _moving_statistics(sub, seen)]
+
+
+def _is_real(value):
+    """A real number: Python or NumPy (``np.float32(0.5)``), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+_LABEL_ERROR = "dml_tf: labels must be -1 or in [0, num_classes); num_classes:"
+
+
+@contextlib.contextmanager
+def _label_errors():
+    """Turns the failed label check of a step into a ``ValueError`` that says what
+    is wrong, instead of a TensorFlow graph error."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(re.escape(_LABEL_ERROR) + r"\] \[(\d+)\] \[bad labels:\] \[([^\]]*)\]",
+                          error.message)
+        if not found:
+            raise
+        raise ValueError(
+            f"Labels must be -1 (unlabelled) or a class in [0, {found.group(1)}); the data "
+            f"holds {found.group(2)}.") from None
 
 
 def _is_multi_worker(strategy):
@@ -159,9 +186,9 @@ class MutualLearningModel(keras.Model):
             ("entropy_weight", entropy_weight),
             ("feature_l2_weight", feature_l2_weight),
         ):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"`{arg}` must be a number >= 0; got {value!r}.")
-        if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+            if not _is_real(value) or not value >= 0 or not math.isfinite(value):
+                raise ValueError(f"`{arg}` must be a finite number >= 0; got {value!r}.")
+        if not _is_real(label_smoothing) or not 0 <= label_smoothing < 1:
             raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
 
         if placement not in PLACEMENTS:
@@ -456,19 +483,38 @@ class MutualLearningModel(keras.Model):
         )
 
     @staticmethod
-    def _labels(y):
+    def _labels(y, logits=None, num_classes=None):
+        """Integer labels of a batch, checked against ``num_classes`` (or the number of
+        classes of ``logits``): -1 (unlabelled) or in [0, classes). Any other label (which
+        the cross-entropy would silently score 0 or drop) fails the step; ``fit`` and
+        ``evaluate`` turn that into a ``ValueError`` (:func:`_label_errors`)."""
         if y is None:
             raise ValueError("MutualLearningModel needs (images, labels) batches; got no labels.")
-        return tf.cast(tf.reshape(y, [-1]), tf.int32)
+        labels = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        if num_classes is None:
+            num_classes = logits.shape[-1] if logits.shape[-1] is not None else tf.shape(logits)[-1]
+        bad = tf.logical_or(labels < -1, labels >= num_classes)
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(bad)),
+            [_LABEL_ERROR, num_classes, "bad labels:", tf.boolean_mask(labels, bad)], summarize=5)
+        with tf.control_dependencies([check] if check is not None else []):
+            return tf.identity(labels)
+
+    def fit(self, *args, **kwargs):
+        with _label_errors():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _label_errors():
+            return super().evaluate(*args, **kwargs)
 
     # ------------------------------------------------------------------- steps
 
     def train_step(self, data):
         """One DML iteration on one batch (Algorithm 1, extended to K members)."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._labels(y)
         if self.member_batches == "separate":
-            return self._separate_batches_step(x, labels)
+            return self._separate_batches_step(x, self._labels(y, num_classes=_num_classes(self.members[0])))
         n = self.num_members
         scale = 1.0 / _num_replicas()
 
@@ -488,6 +534,7 @@ class MutualLearningModel(keras.Model):
                 else:
                     logits[k], features[k] = self._forward(k, x, training=False)
                     own[k] = dml_losses.log_probabilities(logits[k])
+        labels = self._labels(y, logits[0])  # checked before any update
         if not self.optimizer.built:  # at trace time, once the members exist
             self._build_optimizer()
         targets = [tf.stop_gradient(lp) for lp in own]
@@ -579,12 +626,12 @@ class MutualLearningModel(keras.Model):
         """Per-member loss, cross-entropy, mimicry and accuracy in inference mode, and
         the accuracy of the ensemble (mean of the members' probabilities)."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        labels = self._labels(y)
         n = self.num_members
         outputs = []
         for k in range(n):
             with self._on(k):
                 outputs.append(self._forward(k, x, training=False))
+        labels = self._labels(y, outputs[0][0])
         log_probs = [dml_losses.log_probabilities(lg) for lg, _ in outputs]
         features = [f for _, f in outputs]
         total = 0.0

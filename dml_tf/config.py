@@ -9,6 +9,7 @@ code" table lists them).
 """
 
 import dataclasses
+import math
 from typing import Optional, Sequence
 
 MODES = ("dml", "independent", "distill")
@@ -60,6 +61,13 @@ GENERIC_DEFAULTS = dict(warmup_epochs=0.0, momentum=0.9, nesterov=False, beta1=0
                         rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
                         lr_decay_epochs=(), lr_decay_rate=0.1, lr_decay_every=1,
                         image_size=None, ema_decay=0.0)
+
+
+# Fields that say where and how a run executes, not what it computes: a run resumed
+# with other values of these continues the same training. Every other field of
+# ``TrainConfig`` (new ones included) must match the checkpoint's on resume.
+RUN_ONLY_FIELDS = ("model_dir", "data_dir", "overwrite", "verbose", "strategy", "jit_compile",
+                   "placement")
 
 
 class ConfigError(ValueError):
@@ -143,6 +151,9 @@ class TrainConfig:
                 raise ConfigError(message)
 
         need(len(self.nets) >= 1 and all(self.nets), "--nets must name at least one network.")
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, float):
+                need(math.isfinite(value), f"--{name} must be a finite number; got {value}.")
         need(self.mode in MODES, f"--mode must be one of {MODES}; got {self.mode!r}.")
         need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}.")
         need(self.lr_schedule in LR_SCHEDULES, f"--lr_schedule must be one of {LR_SCHEDULES}.")
@@ -161,8 +172,7 @@ class TrainConfig:
              f"--steps_per_epoch must be positive; got {self.steps_per_epoch}.")
         need(self.learning_rate > 0, f"--learning_rate must be positive; got {self.learning_rate}.")
         need(self.lr_decay_every > 0, "--lr_decay_every must be positive.")
-        need(0 <= self.warmup_epochs < float("inf"),
-             f"--warmup_epochs must be a finite number >= 0; got {self.warmup_epochs}.")
+        need(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0; got {self.warmup_epochs}.")
         need(0 <= self.rmsprop_momentum < 1,
              f"--rmsprop_momentum must be in [0, 1); got {self.rmsprop_momentum}.")
         need(self.rmsprop_epsilon > 0, f"--rmsprop_epsilon must be positive; got {self.rmsprop_epsilon}.")
@@ -194,6 +204,13 @@ class TrainConfig:
         """Images per training step: ``batch_size``, times K with ``--member_batches=separate``
         (each member trains on its own ``batch_size`` images)."""
         return self.batch_size * (len(self.nets) if self.member_batches == "separate" else 1)
+
+    def training_settings(self):
+        """The fields that determine the training (all but ``RUN_ONLY_FIELDS``) as
+        JSON values: what a checkpoint records and a resumed run must match."""
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in values.items() if k not in RUN_ONLY_FIELDS}
 
     def member_mimicry_weight(self):
         """Independent training is the same cohort without the mimicry term."""

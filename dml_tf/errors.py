@@ -20,3 +20,12 @@ class DatasetNotFoundError(DataError, FileNotFoundError):
 
 class TrainingDivergedError(DMLError, RuntimeError):
     """A loss became NaN or infinite during training."""
+
+
+class RunFileError(DMLError, ValueError):
+    """A file of a training run (checkpoint, results, saved model) is missing,
+    damaged or not what it should be."""
+
+
+class OutputError(DMLError, ValueError):
+    """An output folder cannot be created or written."""

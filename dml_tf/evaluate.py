@@ -30,7 +30,6 @@ module defines none; names ``dml_tf.train`` already defined are reused).
 """
 
 import io
-import json
 import os
 import re
 import sys
@@ -38,8 +37,9 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from dml_tf.analysis import load_member, member_entries
-from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
+from dml_tf.analysis import RETRAIN_HINT, load_member, member_entries
+from dml_tf.errors import RunFileError
+from dml_tf.io_utils import atomic_write_bytes, atomic_write_json, read_json
 
 FLAGS = flags.FLAGS
 SPLITS = ("query", "gallery", "gt_bbox")
@@ -92,8 +92,10 @@ def read_members(model_dir):
     results_path = os.path.join(model_dir, "results.json")
     run_flags = {}
     if os.path.isfile(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
+        try:
+            results = read_json(results_path, RETRAIN_HINT.format(run_dir=model_dir))
+        except RunFileError as error:
+            raise app.UsageError(str(error)) from None
         run_flags = results.get("flags") or results.get("config") or {}
         members = member_entries(results)
     else:
@@ -162,6 +164,16 @@ def score_features(features, splits, mq_pool="mean", ap_mode="market1501", metri
     return out
 
 
+def matchable_queries(query, gallery):
+    """How many queries have a true match in the gallery (same person id, another
+    camera, not junk): the queries the Market-1501 protocol can score."""
+    cams_of = {}
+    for pid, cam in zip(gallery.ids, gallery.cams):
+        if pid != -1:
+            cams_of.setdefault(int(pid), set()).add(int(cam))
+    return sum(bool(cams_of.get(int(pid), set()) - {int(cam)}) for pid, cam in zip(query.ids, query.cams))
+
+
 def _mean_of(summaries):
     keys = [k for k in summaries[0] if k not in ("num_queries", "num_skipped")]
     return {k: float(np.mean([s[k] for s in summaries])) for k in keys}
@@ -197,8 +209,8 @@ def evaluate_run(
         path = os.path.join(model_dir, member["file"])
         try:
             models.append(load_member(path))  # registers dml_tf.nets' custom layers first
-        except Exception as error:  # noqa: BLE001 - any load failure is a bad run folder
-            raise app.UsageError(f"Could not load member file {path}: {error}") from error
+        except RunFileError as error:
+            raise app.UsageError(str(error)) from None
     sizes = [_input_size(model) for model in models]
     if image_size is None or len(image_size) == 0:
         image_size = sizes[0] or parse_image_size(run_flags.get("image_size"))
@@ -222,6 +234,13 @@ def evaluate_run(
     except DataError as error:
         raise app.UsageError(str(error)) from error
     splits = {s: bundle.extras[s] for s in SPLITS if s in bundle.extras}
+    if not matchable_queries(splits["query"], splits["gallery"]):
+        raise app.UsageError(
+            f"None of the {len(splits['query'])} queries in {splits['query'].folder} has a true match in "
+            f"the gallery {splits['gallery'].folder} (the same person id from another camera): there is "
+            "nothing to score. Check that --data_dir holds the query and bounding_box_test folders of "
+            "one Market-1501 set."
+        )
     if "gt_bbox" not in splits:
         logging.warning("No gt_bbox split: multi-query results are left out.")
 

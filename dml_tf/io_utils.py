@@ -1,8 +1,31 @@
-"""Atomic file output: a reader never sees a half-written result file."""
+"""File output that never leaves a half-written file, and reading it back with named errors.
+
+A reader never sees a half-written result file: it is written to a temporary file
+in the same folder and renamed into place (atomic on POSIX), so a kill at any
+instant leaves the old file or the new one. The file then gets the user's normal
+permissions (``0o666`` less the umask), like any file the user creates.
+"""
 
 import json
+import math
 import os
 import tempfile
+
+from dml_tf.errors import OutputError, RunFileError
+
+
+def _umask():
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data):
@@ -15,6 +38,7 @@ def atomic_write_bytes(path, data):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp creates it 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -23,19 +47,70 @@ def atomic_write_bytes(path, data):
         raise
 
 
-def _to_builtin(obj):
-    """json.dumps ``default=`` hook: NumPy scalars and arrays become Python values."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+def fsync_file(path):
+    """Flushes a file written by someone else (e.g. h5py) to disk before it is relied on."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _plain(obj):
+    """``obj`` with NumPy values as Python ones and NaN/inf as None (strict JSON has no NaN)."""
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        obj = obj.tolist()
+    elif hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path, obj):
-    """Writes ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin)
+    """Writes ``obj`` as indented, strict JSON to ``path`` atomically; NaN and
+    infinite numbers are written as ``null``."""
+    text = json.dumps(_plain(obj), indent=2, sort_keys=True, allow_nan=False)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def read_json(path, remedy):
+    """The JSON object (dict) in ``path``; a missing, empty or damaged file is a
+    ``RunFileError`` naming it and saying what to do (``remedy``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise RunFileError(f"{path} cannot be read ({e.strerror}). {remedy}") from None
+    if not text.strip():
+        raise RunFileError(f"{path} is empty (damaged). {remedy}")
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise RunFileError(f"{path} is not valid JSON ({e}). {remedy}") from None
+    if not isinstance(value, dict):
+        raise RunFileError(f"{path} holds a JSON {type(value).__name__}, not an object. {remedy}")
+    return value
+
+
+def make_writable_dir(path, label):
+    """Creates folder ``path`` if needed and checks that files can be written in it;
+    ``OutputError`` naming ``label=path`` otherwise. Returns the absolute path."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{label}={path} is a file, not a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OutputError(f"{label}={path} is not writable ({e.strerror}).") from None
+    return path
 
 
 def atomic_savefig(figure, path, **kwargs):

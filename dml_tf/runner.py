@@ -1,8 +1,9 @@
 """One training run: data -> networks -> cohort -> fit -> results in ``model_dir``.
 
 ``model_dir`` receives:
-  backup/        BackupAndRestore state, written every epoch; a run started again
-                 with the same command resumes from the last finished epoch.
+  backup/        the training state of the last finished epoch (dml_tf/checkpoint.py),
+                 written every epoch and kept until results.json exists; a run
+                 started again with the same command resumes from it.
   logs/          TensorBoard: every member's loss, ce, mimicry and accuracy, the
                  ensemble accuracy and the learning rates.
   member_K.keras each member as a plain Keras model.
@@ -11,7 +12,6 @@
 """
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -21,13 +21,16 @@ import time
 import keras
 import tensorflow as tf
 
+from dml_tf import checkpoint
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
+from dml_tf.analysis import load_member
 from dml_tf.cohort import MutualLearningModel
-from dml_tf.config import ConfigError
+from dml_tf.config import ConfigError, TrainConfig
 from dml_tf.distribute import make_strategy
+from dml_tf.errors import OutputError
 from dml_tf.health import TrainingHealth
-from dml_tf.io_utils import atomic_write_json
+from dml_tf.io_utils import atomic_write_json, make_writable_dir
 from dml_tf.schedules import make_optimizer
 
 RESULTS_FILE = "results.json"
@@ -37,26 +40,42 @@ def member_file(k):
     return f"member_{k}.keras"
 
 
+def backup_dir_of(config):
+    return os.path.join(config.model_dir, "backup")
+
+
 def prepare_model_dir(config):
-    """Creates ``model_dir`` and checks that it is writable and holds no finished run."""
+    """Creates ``model_dir`` and checks that it is writable and holds no finished run;
+    ``overwrite`` starts afresh: a finished run and any checkpoint are discarded."""
     model_dir = config.model_dir
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        probe = os.path.join(model_dir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"--model_dir={model_dir} is not writable ({e.strerror}).") from None
+        make_writable_dir(model_dir, "--model_dir")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
     finished = os.path.join(model_dir, RESULTS_FILE)
-    if os.path.exists(finished):
-        if not config.overwrite:
-            raise ConfigError(
-                f"--model_dir={model_dir} already holds a finished run ({RESULTS_FILE}); "
-                "choose another --model_dir or pass --overwrite."
-            )
-        os.remove(finished)
-        shutil.rmtree(os.path.join(model_dir, "backup"), ignore_errors=True)
+    if os.path.exists(finished) and not config.overwrite:
+        raise ConfigError(
+            f"--model_dir={model_dir} already holds a finished run ({RESULTS_FILE}); "
+            "choose another --model_dir or pass --overwrite."
+        )
+    if config.overwrite:
+        shutil.rmtree(backup_dir_of(config), ignore_errors=True)  # first: no stale resume
+        if os.path.exists(finished):
+            os.remove(finished)
+
+
+def checked_state(config, log=print):
+    """The checkpoint of an interrupted run in ``model_dir`` (None if there is none),
+    after checking that it was trained with ``config``'s training settings."""
+    backup_dir = backup_dir_of(config)
+    state = checkpoint.read_state(backup_dir)
+    if state is not None and "settings" not in state:
+        log(f"The checkpoint in {backup_dir} was written by an earlier dml_tf: its training "
+            "settings are not recorded, so they cannot be checked.")
+    elif state is not None:
+        defaults = TrainConfig(dataset=config.dataset).resolved().training_settings()
+        checkpoint.check_settings(state, config.training_settings(), defaults, backup_dir)
+    return state
 
 
 def load_data(config):
@@ -91,7 +110,7 @@ def build_members(config, bundle):
             path = teachers[k]
             if not os.path.isfile(path):
                 raise ConfigError(f"--teacher file {path} does not exist.")
-            teacher = keras.models.load_model(path, compile=False)
+            teacher = load_member(path, flag="--teacher")
             teacher.trainable = False
             members.append(teacher)
             continue
@@ -100,15 +119,6 @@ def build_members(config, bundle):
             weight_decay=config.weight_decay, seed=config.seed * 1000 + k,
             name=f"{net}_{k}", pretrained=config.pretrained, **net_options))
     return members
-
-
-def resumed_epoch(backup_dir):
-    """The epoch BackupAndRestore will resume from (0 for a fresh run)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return int(json.load(f).get("epoch", 0))  # epochs completed
 
 
 def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
@@ -132,10 +142,13 @@ def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
-    ``callbacks`` are added after the run's own (BackupAndRestore, TensorBoard).
+    ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard).
+    A run interrupted at any instant resumes from its last finished epoch when
+    started again with the same training settings (``ConfigError`` otherwise).
     """
     config = config.resolved()
     prepare_model_dir(config)
+    state = checked_state(config, log)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
     try:
@@ -166,14 +179,18 @@ def run(config, log=print, callbacks=()):
                        for k in range(len(members))],
             jit_compile=config.jit_compile, ema_batch_norm=config.ema_batch_norm)
 
-    backup_dir = os.path.join(config.model_dir, "backup")
-    initial_epoch = resumed_epoch(backup_dir)
-    if initial_epoch:
+    backup_dir = backup_dir_of(config)
+    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
+    initial_epoch = backup.initial_epoch
+    if initial_epoch >= config.epochs:
+        log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
+            "evaluating and saving it.")
+    elif initial_epoch:
         log(f"Resuming from the checkpoint of epoch {initial_epoch} in {backup_dir}.")
     stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
     labelled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir),
+        backup,
         keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
         TrainingHealth([m.name for m in members], bundle.num_classes, labelled_per_epoch, log=log),
         *callbacks,
@@ -187,7 +204,7 @@ def run(config, log=print, callbacks=()):
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                          validation_data=bundle.test, callbacks=callbacks, verbose=verbose,
                          shuffle=False)  # the pipeline shuffles, seeded
-    wall_time = time.time() - start
+    wall_time = backup.train_time_s + time.time() - start  # + earlier sessions' epochs
 
     test = {}
     if bundle.test is not None:
@@ -207,13 +224,14 @@ def run(config, log=print, callbacks=()):
         "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
                     "train_size": bundle.train_size, "test_size": bundle.test_size},
         "members": member_entries,
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "history": backup.history,  # every epoch, earlier sessions' included
         "epochs_run_this_session": len(history.epoch),
         "test": test,
         "ensemble_test_accuracy": test.get("ensemble_accuracy"),
         "wall_time_s": wall_time,
     }
     atomic_write_json(os.path.join(config.model_dir, RESULTS_FILE), results)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # the run is safe in results.json now
     log(format_summary(results))
     return results
 

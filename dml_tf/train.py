@@ -89,7 +89,8 @@ flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("placement", "none", list(cfg.PLACEMENTS),
                   "none, or per_member: member k on device k mod N (Sec. 4.5).")
 flags.DEFINE_enum("mixed_precision", "float32", list(cfg.PRECISIONS), "Keras dtype policy.")
-flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --model_dir.")
+flags.DEFINE_boolean("overwrite", False, "Start afresh in --model_dir: replace a finished run "
+                     "and discard the checkpoint of an interrupted one.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity (default: bar on a terminal, else a line "
                      "per epoch).")
 

@@ -361,6 +361,39 @@ def test_bad_input_raises_value_error():
         cohort.compile(optimizer="sgd", loss="mse")
 
 
+@pytest.mark.parametrize("arg", ["mimicry_weight", "entropy_weight", "feature_l2_weight", "label_smoothing"])
+def test_numbers_are_checked_and_numpy_scalars_accepted(arg):
+    a, b = linear_member(0, "a"), linear_member(1, "b")
+    for bad in (float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match=arg):
+            dml_tf.MutualLearningModel([a, b], **{arg: bad})
+    # (a positive feature_l2_weight needs members with a "features" layer)
+    goods = (np.float32(0.0), np.int64(0)) if arg == "feature_l2_weight" else (np.float32(0.5), np.float64(0.25))
+    for good in goods:
+        cohort = dml_tf.MutualLearningModel([a, b], **{arg: good})
+        assert getattr(cohort, arg) == float(good) and type(getattr(cohort, arg)) is float
+
+
+@pytest.mark.parametrize("bad_label", [CLASSES, 15, -2, -5])
+def test_labels_out_of_range_are_refused(bad_label):
+    """Labels are -1 (unlabelled) or classes in [0, CLASSES): label 15 of 4 classes
+    would count as labelled with zero cross-entropy, -5 as unlabelled."""
+    members = [linear_member(i, f"m{i}") for i in range(2)]
+    start = [member_weights(m) for m in members]
+    x, y = data(16)
+    y[5] = bad_label
+    cohort = dml_tf.MutualLearningModel(members)
+    cohort.compile(optimizer=keras.optimizers.SGD(0.5))
+    with pytest.raises(ValueError, match=rf"-1 \(unlabelled\) or a class in \[0, {CLASSES}\).*{bad_label}"):
+        cohort.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for member, (w, b) in zip(members, start):  # no update was applied
+        np.testing.assert_array_equal(member_weights(member)[0], w)
+    with pytest.raises(ValueError, match=rf"in \[0, {CLASSES}\)"):
+        cohort.evaluate(x, y, verbose=0)
+    y[5] = -1  # unlabelled: fine
+    cohort.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
 class _CountingMember(keras.Model):
     """A linear member that counts its forward passes (Python calls, run eagerly)."""
 

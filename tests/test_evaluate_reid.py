@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -147,6 +148,20 @@ def test_usage_errors(tmp_path):
     (tmp_path / "member_0.keras").write_bytes(b"")
     members, _ = evaluate_module.read_members(str(tmp_path))  # no results.json: the files found
     assert [m["index"] for m in members] == [0, 1]
+
+
+def test_no_query_with_a_match_is_an_error_not_a_table_of_nan(run_dir, tmp_path):
+    data_dir, model_dir = run_dir
+    copy = tmp_path / "Market-1501-v15.09.15"
+    shutil.copytree(data_dir, copy)
+    query_ids = {pid for pid, _ in helpers_market.QUERY}
+    for name in os.listdir(copy / "bounding_box_test"):  # the gallery keeps no query identity
+        if name.endswith(".jpg") and int(name.split("_")[0]) in query_ids:
+            os.remove(copy / "bounding_box_test" / name)
+    output_dir = tmp_path / "out"
+    with pytest.raises(app.UsageError, match=r"None of the 5 queries in .*query has a true match"):
+        evaluate_module.evaluate_run(model_dir, data_dir=str(copy), output_dir=str(output_dir), verbose=0)
+    assert not (output_dir / "eval.json").exists()
 
 
 def test_market_flagfiles_are_well_formed():

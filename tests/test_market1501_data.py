@@ -238,29 +238,72 @@ def test_tfrecords_match_folders(market, tmp_path):
         market1501.load(data_dir, image_size=SIZE, source="tfrecords", tfrecord_dir=out)
 
 
-def test_convert_tool_and_auto_source(tmp_path):
+def _convert(*args):
+    """tools/convert_market1501.py's main with ``args``, in process; returns its exit code."""
     from absl import flags
 
-    data_dir = tmp_path / "Market-1501-v15.09.15"
-    helpers_market.write_market1501(data_dir, train_extra_names=["-1_c1s1_000401_03.jpg"])
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "convert_market1501.py")
     before = set(flags.FLAGS)
     spec = importlib.util.spec_from_file_location("convert_market1501_under_test", path)
     tool = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(tool)
-        flags.FLAGS(["convert", f"--data_dir={data_dir}", "--shard_size=5"])
-        assert tool.main(["convert"]) == 0
+        flags.FLAGS(["convert", *args])
+        return tool.main(["convert"])
     finally:
         flags.FLAGS.unparse_flags()
         for name in set(flags.FLAGS) - before:  # leave the process's flags as they were
             delattr(flags.FLAGS, name)
+
+
+def test_convert_tool_and_auto_source(tmp_path):
+    data_dir = tmp_path / "Market-1501-v15.09.15"
+    helpers_market.write_market1501(data_dir, train_extra_names=["-1_c1s1_000401_03.jpg"])
+    assert _convert(f"--data_dir={data_dir}", "--shard_size=5") == 0
     with open(data_dir / "tfrecords" / market1501.MANIFEST) as f:
         manifest = json.load(f)
     assert manifest["splits"]["train"]["num_examples"] == 11  # the junk image is kept on disk
     bundle = market1501.load(str(data_dir), image_size=SIZE)  # source="auto" finds them
     assert bundle.info["source"] == "tfrecords"
     assert bundle.info["dropped"] == {"junk": 1, "distractor": 0} and bundle.train_size == 10
+
+
+def test_convert_tool_names_an_output_dir_it_cannot_write(market, tmp_path):
+    from absl import app
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(app.UsageError, match=f"output_dir={blocker} is a file, not a folder"):
+        _convert(f"--data_dir={market[0]}", f"--output_dir={blocker}")
+    with pytest.raises(app.UsageError, match=f"output_dir={blocker}/records is not writable"):
+        _convert(f"--data_dir={market[0]}", f"--output_dir={blocker}/records")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(app.UsageError, match="is not writable .Permission denied"):
+            _convert(f"--data_dir={market[0]}", f"--output_dir={locked}/records")
+
+
+def test_images_that_are_not_jpeg_are_named(tmp_path):
+    """A zero-byte or non-JPEG image would fail inside training (DecodeJpeg) naming no
+    file, and be copied into the TFRecords without a word."""
+    written = helpers_market.write_market1501(tmp_path)
+    empty = tmp_path / "bounding_box_train" / written["train"][3]
+    empty.write_bytes(b"")
+    png = tmp_path / "bounding_box_test" / written["gallery"][1]
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    with pytest.raises(DataError, match=rf"1 image\(s\) in {tmp_path}/bounding_box_train .*"
+                                        rf"{written['train'][3]} \(empty file\).*original Market-1501"):
+        market1501.load(str(tmp_path), image_size=SIZE)
+    with pytest.raises(DataError, match=f"{written['train'][3]} .empty file"):
+        market1501.write_tfrecords(str(tmp_path), str(tmp_path / "records"))
+    assert not (tmp_path / "records" / market1501.MANIFEST).exists()
+    empty.write_bytes(png.read_bytes())
+    os.remove(png)
+    with pytest.raises(DataError, match=f"{written['train'][3]} .not a JPEG"):
+        market1501.load(str(tmp_path), image_size=SIZE)
+    os.remove(empty)
+    assert len(market1501.load(str(tmp_path), image_size=SIZE, batch_size=1).train) == 9
 
 
 def test_registry_loads_market1501(market):

@@ -181,6 +181,28 @@ def test_cosine_matches_brute_force():
     np.testing.assert_allclose(result["cmc"], ref_cmc)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_huge_and_tiny_finite_features_rank_as_in_float64(metric, scale):
+    """Squared norms of 1e20 overflow float32 and those of 1e-25 underflow to 0; the
+    ranking must still be the float64 one of the same features."""
+    qf, gf, qi, qc, gi, gc = _random_problem(5, 30, 120, 6)
+    qf, gf = (qf * np.float32(scale)).astype(np.float32), (gf * np.float32(scale)).astype(np.float32)
+    if metric == "cosine":  # rows of very different sizes, each normalised on its own
+        gf[::2] = (gf[::2].astype(np.float64) * (1e-40 if scale > 1 else 1e45)).astype(np.float32)
+    assert np.all(np.isfinite(qf)) and np.all(np.isfinite(gf)) and np.all(gf != 0)
+    exact = [np.asarray(f, np.float64) for f in (qf, gf)]
+    if metric == "cosine":  # unit rows in float64 (the reference floors norms at 1e-12)
+        exact = [f / np.linalg.norm(f, axis=1, keepdims=True) for f in exact]
+    ref_market, _, ref_cmc = _reference(*exact, qi, qc, gi, gc, metric=metric)
+    result = evaluate(qf, gf, qi, qc, gi, gc, metric=metric, chunk_size=7)
+    assert result["num_queries"] == len(ref_market) > 0
+    np.testing.assert_allclose(result["ap"][~np.isnan(result["ap"])], ref_market, rtol=1e-10)
+    np.testing.assert_allclose(result["cmc"], ref_cmc, rtol=1e-10)
+    normalised = metrics.l2_normalise(gf)
+    np.testing.assert_allclose(np.linalg.norm(normalised.astype(np.float64), axis=1), 1.0, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

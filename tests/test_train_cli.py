@@ -70,20 +70,30 @@ def test_resume_after_interruption_reaches_the_same_state(cifar_dir, tmp_path):
     reference = runner.run(tiny_config(tmp_path / "ref", cifar_dir, **common), log=lambda s: None)
 
     class Interrupt(keras.callbacks.Callback):
+        def __init__(self, at_epoch):
+            super().__init__()
+            self.at_epoch = at_epoch
+
         def on_epoch_end(self, epoch, logs=None):
-            if epoch == 2:
+            if epoch == self.at_epoch:
                 raise KeyboardInterrupt
 
     config = tiny_config(tmp_path / "resumed", cifar_dir, **common)
-    with pytest.raises(KeyboardInterrupt):
-        runner.run(config, log=lambda s: None, callbacks=[Interrupt()])
-    assert not (tmp_path / "resumed" / "results.json").exists()  # nothing passes as a result
+    for at_epoch in (0, 2):  # two interruptions: after epochs 1 and 3
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(config, log=lambda s: None, callbacks=[Interrupt(at_epoch)])
+        assert not (tmp_path / "resumed" / "results.json").exists()  # nothing passes as a result
     messages = []
     resumed = runner.run(config, log=messages.append)
     assert any("Resuming from the checkpoint of epoch 3" in m for m in messages)
     assert resumed["epochs_run_this_session"] == 1
-    np.testing.assert_allclose(resumed["history"]["loss_0"], reference["history"]["loss_0"][3:],
-                               rtol=1e-5)
+    # The history is whole: every epoch of every session, as the uninterrupted run's.
+    assert sorted(resumed["history"]) == sorted(reference["history"])
+    for key, values in reference["history"].items():
+        assert len(resumed["history"][key]) == 4, key
+        np.testing.assert_allclose(resumed["history"][key], values, rtol=1e-5, atol=1e-6,
+                                   err_msg=key)
+    assert not (tmp_path / "resumed" / "backup").exists()  # removed once results.json exists
     for k in range(2):
         a = keras.models.load_model(tmp_path / "ref" / f"member_{k}.keras")
         b = keras.models.load_model(tmp_path / "resumed" / f"member_{k}.keras")
@@ -142,6 +152,8 @@ def test_every_flagfile_parses_and_resolves(path):
     (["--bn_momentum=1.5"], "--bn_momentum must be in [0, 1)"),
     (["--rmsprop_epsilon=0"], "--rmsprop_epsilon must be positive"),
     (["--rmsprop_momentum=1"], "--rmsprop_momentum must be in [0, 1)"),
+    (["--mimicry_weight=nan"], "--mimicry_weight must be a finite number; got nan"),
+    (["--learning_rate=inf"], "--learning_rate must be a finite number; got inf"),
 ])
 def test_bad_flags_give_a_usage_error(args, message, tmp_path):
     with pytest.raises(app.UsageError) as error:

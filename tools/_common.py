@@ -242,21 +242,24 @@ def figure(ncols=1, width=5.0, height=4.0, nrows=1):
 def train_or_reuse(config, log=print):
     """``dml_tf.runner.run(config)`` unless ``config.model_dir`` already holds a finished
     run (results.json), which is read instead: a sweep started again resumes."""
-    import json
-
     from dml_tf import runner
+    from dml_tf.analysis import RETRAIN_HINT
     from dml_tf.config import ConfigError
+    from dml_tf.errors import DMLError
+    from dml_tf.io_utils import read_json
 
     path = os.path.join(config.model_dir, runner.RESULTS_FILE)
     if os.path.isfile(path):
         log(f"[skip] {config.model_dir} is finished; reusing its results.json")
-        with open(path) as f:
-            return json.load(f)
+        try:
+            return read_json(path, RETRAIN_HINT.format(run_dir=config.model_dir))
+        except DMLError as e:
+            raise app.UsageError(str(e)) from None
     log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
         f"mimicry={config.mimicry}, seed={config.seed}")
     try:
         return runner.run(config, log=log)
-    except ConfigError as e:
+    except (ConfigError, DMLError) as e:
         raise app.UsageError(str(e)) from None
 
 
@@ -287,12 +290,15 @@ def peak_rss_mib():
 def market_scores(model_dir, data_dir=None, batch_size=64, log=print):
     """``(member mAPs, ensemble mAP)`` (single query, fractions) of a Market-1501 run:
     its eval.json, or ``dml_tf.evaluate.evaluate_run`` when there is none yet."""
-    import json
+    from dml_tf.errors import DMLError
+    from dml_tf.io_utils import read_json
 
     path = os.path.join(model_dir, "eval.json")
     if os.path.isfile(path):
-        with open(path) as f:
-            ev = json.load(f)
+        try:
+            ev = read_json(path, "Delete it to evaluate the run again.")
+        except DMLError as e:
+            raise app.UsageError(str(e)) from None
     else:
         from dml_tf.evaluate import evaluate_run
 

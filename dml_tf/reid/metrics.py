@@ -69,10 +69,26 @@ def _check_choice(name, value, choices):
         raise ValueError(f"Unknown {name} {value!r}; expected one of {list(choices)}.")
 
 
+def _power_of_two_scale(max_abs):
+    """``2**-e`` with ``max_abs * 2**-e`` in [0.5, 1) (1 where ``max_abs`` is 0): a
+    scaling that is exact in floating point, so it changes no ranking."""
+    exponent = np.frexp(np.asarray(max_abs, np.float64))[1]
+    return np.where(max_abs > 0, np.ldexp(1.0, -exponent), 1.0)
+
+
 def l2_normalise(x):
-    """Rows of ``(N, D)`` ``x`` divided by their L2 norm (floored at 1e-12: zero rows stay zero)."""
+    """Rows of ``(N, D)`` ``x`` divided by their L2 norm (zero rows stay zero).
+
+    Each row is first scaled by a power of two that brings its largest entry into
+    [0.5, 1) (exact in floating point), so its norm neither overflows (features of
+    1e20 in float32) nor underflows (1e-25).
+    """
+    x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
+    if x.size:
+        x = x * _power_of_two_scale(np.abs(x).max(axis=1, keepdims=True)).astype(dtype)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
+    return x / np.maximum(norms, np.asarray(1e-12, dtype))
 
 
 def evaluate(
@@ -145,6 +161,11 @@ def evaluate(
         qf, gf = l2_normalise(qf), l2_normalise(gf)
         g_sq = None
     else:
+        # One power-of-two scale for both sets (exact, so the ranking is unchanged) keeps
+        # every entry in [-1, 1): the squared norms below cannot overflow (features of
+        # 1e20) nor underflow to zero (features of 1e-25).
+        scale = _power_of_two_scale(max(np.abs(qf).max(), np.abs(gf).max())).astype(np.float32)
+        qf, gf = qf * scale, gf * scale
         g_sq = np.einsum("ij,ij->i", gf, gf)
     # Key layout (int64, non-negative): row | 31 bits of non-negative float32 | index.
     index_bits = max(1, int(num_gallery - 1).bit_length())
