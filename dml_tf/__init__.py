@@ -7,6 +7,7 @@ datasets and ``dml_tf.reid`` scores person re-identification.
 
 import importlib
 
+from dml_tf import _quiet  # noqa: F401  (first: silences TensorFlow's start-up notices)
 from dml_tf import losses
 from dml_tf.cohort import MutualLearningModel
 

@@ -6,25 +6,20 @@ r"""Trains a Deep Mutual Learning cohort from the command line.
 Flags left unset take the paper's settings for the dataset (dml_tf/config.py).
 """
 
-import os
-import warnings
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Keras 3 with NumPy 2 warns about __array__(copy=...) from inside Keras itself.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\..*")
-
-from absl import app, flags  # noqa: E402
-
-from dml_tf import config as cfg  # noqa: E402
-from dml_tf import losses  # noqa: E402
-from dml_tf.cohort import UPDATES  # noqa: E402
+from dml_tf import config as cfg
+from dml_tf import losses
+from dml_tf import nets as dml_nets
+from dml_tf.cohort import UPDATES
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("dataset", "digits", "digits (embedded, no download), cifar10, cifar100, "
-                    "market1501 or imagenet2012.")
+flags.DEFINE_string("dataset", "digits", "One of " + ", ".join(sorted(cfg.DATASET_DEFAULTS)) +
+                    "; digits is embedded (scikit-learn's, no download).")
 flags.DEFINE_string("data_dir", None, "Local copy of the dataset (archives or folders).")
-flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Comma list of networks; K = its length.")
+flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Comma list of networks, each one of "
+                  + ", ".join(dml_nets.names()) + "; K = its length.")
 flags.DEFINE_string("model_dir", "runs/default", "Output folder (checkpoints, logs, results).")
 flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and data order, no "
                   "mimicry); distill (last net learns from the frozen earlier ones, --teacher).")
@@ -106,7 +101,9 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    from dml_tf import cli
+
+    cli.run(main, doc=__doc__)
 
 
 if __name__ == "__main__":
