@@ -3,8 +3,9 @@
 ``model_dir`` receives:
   backup/        BackupAndRestore state, written every epoch; a run started again
                  with the same command resumes from the last finished epoch.
-  logs/          TensorBoard: every member's loss, ce, mimicry and accuracy, the
-                 ensemble accuracy and the learning rates.
+  logs/          TensorBoard: a run folder per member (member_K/train, /validation)
+                 with the same tags (epoch_loss, epoch_ce, epoch_mimicry, epoch_accuracy,
+                 epoch_learning_rate), so members overlay; ensemble/validation.
   member_K.keras each member as a plain Keras model.
   results.json   written last and atomically: config, per-epoch history, final
                  test accuracy per member and of the ensemble, wall time.
@@ -15,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 
 import keras
@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
+from dml_tf import reporting
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError
 from dml_tf.distribute import make_strategy
@@ -130,7 +131,8 @@ def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
-    ``callbacks`` are added after the run's own (BackupAndRestore, TensorBoard).
+    ``callbacks`` are added after the run's own (BackupAndRestore, TensorBoard and,
+    unless ``config.verbose`` is set, the per-member epoch table).
     """
     config = config.resolved()
     prepare_model_dir(config)
@@ -170,13 +172,12 @@ def run(config, log=print, callbacks=()):
     stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
     callbacks = [
         keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+        reporting.CohortTensorBoard(os.path.join(config.model_dir, "logs")),
+        *([reporting.EpochTable(log=log)] if config.verbose is None else []),
         *callbacks,
     ]
-    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    log(f"Training {len(members)} member(s) {', '.join(m.name for m in members)} on "
-        f"{config.dataset} ({train_count} images, {steps_per_epoch} steps/epoch), "
-        f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}.")
+    verbose = 0 if config.verbose is None else config.verbose
+    log(reporting.describe_run(config, members, train_count, bundle.test_size, steps_per_epoch))
     start = time.time()
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                          validation_data=bundle.test, callbacks=callbacks, verbose=verbose,

@@ -68,8 +68,9 @@ flags.DEFINE_enum("placement", "none", list(cfg.PLACEMENTS),
                   "none, or per_member: member k on device k mod N (Sec. 4.5).")
 flags.DEFINE_enum("mixed_precision", "float32", list(cfg.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --model_dir.")
-flags.DEFINE_integer("verbose", None, "Keras verbosity (default: bar on a terminal, else a line "
-                     "per epoch).")
+flags.DEFINE_integer("verbose", None, "Default: a table per epoch, a row per member (and a step "
+                     "counter on a terminal); 0: silent; 1 / 2: Keras' progress bar / line of "
+                     "every metric.")
 
 
 def config_from_flags():
