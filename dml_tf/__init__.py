@@ -14,7 +14,7 @@ from dml_tf.cohort import MutualLearningModel
 __version__ = "0.1.0"
 
 # Imported on first use (``losses`` and ``cohort`` are imported above).
-_SUBMODULES = ("data", "nets", "reid", "errors", "io_utils", "reporting")
+_SUBMODULES = ("data", "nets", "reid", "errors", "io_utils", "reporting", "compare")
 
 
 def __getattr__(name):

@@ -7,6 +7,8 @@
                  with the same tags (epoch_loss, epoch_ce, epoch_mimicry, epoch_accuracy,
                  epoch_learning_rate), so members overlay; ensemble/validation.
   member_K.keras each member as a plain Keras model.
+  test_predictions.npz  the class each member and the ensemble predict for every
+                 test image, and the labels (dml_tf.compare's paired test).
   results.json   written last and atomically: config, per-epoch history, final
                  test accuracy per member and of the ensemble, wall time.
 """
@@ -24,6 +26,7 @@ import tensorflow as tf
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
 from dml_tf import reporting
+from dml_tf.compare import PREDICTIONS_FILE, save_test_predictions
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError
 from dml_tf.distribute import make_strategy
@@ -188,6 +191,7 @@ def run(config, log=print, callbacks=()):
     if bundle.test is not None:
         test = {k: float(v) for k, v in
                 cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
+        save_test_predictions(cohort, bundle.test, os.path.join(config.model_dir, PREDICTIONS_FILE))
     member_entries = []
     for k, member in enumerate(members):
         path = os.path.join(config.model_dir, member_file(k))

@@ -62,6 +62,13 @@ def test_cli_trains_and_writes_results(cifar_dir, tmp_path):
     for run in ("member_0/train", "member_1/validation", "ensemble/validation"):
         assert glob.glob(str(model_dir / "logs" / run / "events*"))
     assert not glob.glob(str(model_dir / ".tmp*"))
+    with np.load(model_dir / "test_predictions.npz") as predictions:  # dml_tf.compare's paired test
+        right = predictions["members"] == predictions["labels"]
+        assert predictions["members"].shape == (2, 20)
+        np.testing.assert_allclose(right.mean(axis=1), [results["test"]["accuracy_0"],
+                                                        results["test"]["accuracy_1"]], atol=1e-6)
+        np.testing.assert_allclose(np.mean(predictions["ensemble"] == predictions["labels"]),
+                                   results["ensemble_test_accuracy"], atol=1e-6)
 
 
 def test_resume_after_interruption_reaches_the_same_state(cifar_dir, tmp_path):
