@@ -60,8 +60,11 @@ def filter_lines(text, pattern):
 def run_with_filtered_stderr(function, pattern):
     """Calls ``function()`` with file descriptor 2 redirected to a temporary file, then
     writes the captured output, less the lines ``pattern`` matches, to stderr."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no usable stderr: nothing to filter
+        return function()
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
