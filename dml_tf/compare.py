@@ -117,7 +117,8 @@ def read_run(run_dir):
     rows = {}
     for entry in members:
         k = entry["index"]
-        accuracy = _fraction(entry.get("test_accuracy", test.get(f"accuracy_{k}")))
+        accuracy = entry.get("test_accuracy")
+        accuracy = _fraction(test.get(f"accuracy_{k}") if accuracy is None else accuracy)
         correct = None
         if predictions is not None and k < len(predictions["members"]):
             correct = int(np.sum(predictions["members"][k] == predictions["labels"]))
@@ -195,7 +196,7 @@ def compare(run_dirs):
         for run in runs:
             run["name"] = os.path.normpath(run["run_dir"])
     rows = list(dict.fromkeys(row for run in runs for row in run["rows"]))
-    rows.sort(key=lambda r: (r == "ensemble", r))
+    rows.sort(key=lambda r: (r == "ensemble", int(r.split()[-1]) if r != "ensemble" else 0))
     differences = [d for other in runs[1:] for row in rows if (d := difference(runs[0], other, row))]
     return {"runs": runs, "rows": rows, "differences": differences}
 
@@ -211,8 +212,13 @@ def _images(count):
     return f"{count:+d} image{'' if abs(count) == 1 else 's'}"
 
 
-def verdict(diff):
-    """One sentence on whether the test set resolves ``diff``."""
+def run_letter(i):
+    """The table's short name of run ``i``: A, B, ..."""
+    return chr(ord("A") + i) if i < 26 else f"R{i + 1}"
+
+
+def verdict(diff, reference="the first run", other="the other"):
+    """One sentence on whether the test set resolves ``diff`` (runs called as given)."""
     if diff.get("note"):
         return diff["note"]
     p = diff["p_value"]
@@ -220,26 +226,29 @@ def verdict(diff):
         return "no test-set size known: no estimate of its noise"
     if diff["paired"]:
         b, c = diff["reference_only"], diff["other_only"]
-        basis = (f"{b} image{'s' if b != 1 else ''} right only in {diff['reference']}, {c} only in "
-                 f"{diff['other']}; McNemar exact p = {p:.3g}")
+        basis = (f"{b} image{'s' if b != 1 else ''} right only in {reference}, {c} only in {other}; "
+                 f"McNemar exact p = {p:.2g}")
     else:
-        basis = f"standard error of the difference {100 * diff['standard_error']:.2f} points; p ~ {p:.3g}"
+        basis = f"standard error of the difference {100 * diff['standard_error']:.2f} points, p ~ {p:.2g}"
     judged = "the test set resolves it" if p < SIGNIFICANCE else "within test-set noise"
     return f"{basis}: {judged}"
 
 
 def format_report(comparison):
-    """The table and the statement on each difference, as text."""
+    """The table (runs as columns A, B, ...) and a statement on each difference, as text."""
     runs, rows = comparison["runs"], comparison["rows"]
     sizes = {run["test_size"] for run in runs}
     lines = []
     if len(sizes) == 1 and None not in sizes:
         n = sizes.pop()
         datasets = ", ".join(sorted({str(run["dataset"]) for run in runs}))
-        lines.append(f"Test accuracy in % (correct images), {datasets}: {n} test images, "
+        lines.append(f"Test accuracy in % (correct images) on {datasets}: {n} test images, "
                      f"1 image = {100 / n:.2f} points.")
     else:
         lines.append("Test accuracy in % (correct images); the runs' test sets differ.")
+    letters = [run_letter(i) for i in range(len(runs))]
+    lines += [f"  {letter} = {run['name']} ({run['mode']})" for letter, run in zip(letters, runs)]
+    lines.append("")
 
     def label(row):
         nets = {run["rows"][row]["net"] for run in runs if run["rows"].get(row, {}).get("net")}
@@ -253,9 +262,7 @@ def format_report(comparison):
         return _pct(entry["accuracy"]) + count
 
     by_key = {(d["other"], d["row"]): d for d in comparison["differences"]}
-    headers = [f"{run['name']} ({run['mode']})" for run in runs]
-    diff_headers = [f"{runs[0]['name']} - {run['name']}" for run in runs[1:]]
-    table = [[""] + headers + diff_headers]
+    table = [[""] + letters + [f"{letters[0]} - {letter}" for letter in letters[1:]]]
     for row in rows:
         diffs = []
         for run in runs[1:]:
@@ -266,15 +273,17 @@ def format_report(comparison):
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    for run in runs[1:]:
-        lines.append("")
-        lines.append(f"{runs[0]['name']} vs {run['name']}:")
-        for row in rows:
-            d = by_key.get((run["name"], row))
-            if d is not None:
-                lines.append(f"  {row}: {verdict(d)}.")
+    for letter, run in zip(letters[1:], runs[1:]):
+        found = [d for d in (by_key.get((run["name"], row)) for row in rows) if d is not None]
+        lines += ["", f"{letters[0]} vs {letter}:"]
+        lines += [f"  {d['row']}: {verdict(d, letters[0], letter)}." for d in found]
+        tested = [d for d in found if d["p_value"] is not None and not d.get("note")]
+        if tested:
+            resolved = sum(d["p_value"] < SIGNIFICANCE for d in tested)
+            lines.append(f"  {resolved} of these {len(tested)} differences exceed the test set's noise "
+                         f"(p < {SIGNIFICANCE:g}).")
     lines.append("")
-    lines.append("This is the test set's sampling noise only; one training seed per run does not show "
+    lines.append("This is the test set's sampling noise only: one training seed per run does not show\n"
                  "seed-to-seed variation (train again with other --seed values to see it).")
     return "\n".join(lines)
 

@@ -79,8 +79,17 @@ def test_paired_differences_and_mcnemar(runs):
                                     f"{100 * ens_b.mean():.2f}", f"({ens_b.sum()})",
                                     f"{100 * (ens_a.mean() - ens_b.mean()):+.2f}",
                                     f"({int(ens_a.sum() - ens_b.sum()):+d}", "images)"]
-    assert "ensemble: " in text and "the test set resolves it." in text
-    assert "member 1: " in text and "within test-set noise." in text
+    assert text.splitlines()[1:3] == ["  A = dml (dml)", "  B = ind (independent)"]
+    d = diffs["ensemble"]
+    assert (f"  ensemble: {d['reference_only']} images right only in A, {d['other_only']} only in B; "
+            f"McNemar exact p = {d['p_value']:.2g}: the test set resolves it.") in text.splitlines()
+    only_a, only_b = int(np.sum(a[1] & ~b[1])), int(np.sum(~a[1] & b[1]))  # the first 3 images
+    assert only_a + only_b == 3
+    p = stats.binomtest(only_a, 3, 0.5).pvalue
+    assert (f"  member 1: {only_a} image{'s' * (only_a != 1)} right only in A, {only_b} only in B; "
+            f"McNemar exact p = {p:.2g}: within test-set noise.") in text.splitlines()
+    resolved = sum(d["p_value"] < 0.05 for d in diffs.values())
+    assert f"  {resolved} of these 3 differences exceed the test set's noise (p < 0.05)." in text
 
 
 def test_without_predictions_the_binomial_standard_error(tmp_path, runs):
@@ -123,7 +132,7 @@ def test_command_writes_json_and_png(runs, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dml_tf.compare", dml, ind, f"--output_dir={out}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert proc.stdout.splitlines()[1].split() == ["dml", "(dml)", "ind", "(independent)", "dml", "-", "ind"]
+    assert proc.stdout.splitlines()[4].split() == ["A", "B", "A", "-", "B"]
     data = json.loads((out / "compare.json").read_text())
     assert [r["name"] for r in data["runs"]] == ["dml", "ind"] and len(data["differences"]) == 3
     assert data["runs"][0]["curves"]["member 0"]["test_accuracy"][:2] == [0.5, 0.7]
