@@ -3,7 +3,7 @@
 A ``TrainConfig`` holds every setting of one run. ``dml_tf.train`` fills it from
 absl flags; library users can build one directly and call
 ``dml_tf.runner.run(config)``. Fields left ``None`` take the dataset's default
-from ``DATASET_DEFAULTS`` (the paper's settings, ../shared/REFERENCE.md).
+from ``DATASET_DEFAULTS`` (the paper's settings, Sec. 4.1-4.2 of Zhang et al. 2018).
 """
 
 import dataclasses
