@@ -7,13 +7,14 @@ datasets and ``dml_tf.reid`` scores person re-identification.
 
 import importlib
 
+from dml_tf import _quiet  # noqa: F401  (first: silences TensorFlow's start-up notices)
 from dml_tf import losses
 from dml_tf.cohort import MutualLearningModel
 
 __version__ = "0.1.0"
 
 # Imported on first use (``losses`` and ``cohort`` are imported above).
-_SUBMODULES = ("data", "nets", "reid", "errors", "io_utils")
+_SUBMODULES = ("data", "nets", "reid", "errors", "io_utils", "reporting", "compare")
 
 
 def __getattr__(name):

@@ -283,17 +283,22 @@ class MutualLearningModel(keras.Model):
         return feature_models
 
     def _make_trackers(self):
+        """Per member: loss, ce, accuracy, and mimicry when it is trained (a cohort of
+        one, or with ``mimicry_weight=0``, i.e. independent training, logs none)."""
         mean, acc = keras.metrics.Mean, keras.metrics.SparseCategoricalAccuracy
         self._loss_tracker_total = mean(name="loss")
         self._member_trackers = []
+        terms = ("loss", "ce", "mimicry") if self.trains_mimicry else ("loss", "ce")
         for k in range(len(self.members)):
-            self._member_trackers.append({
-                f"loss_{k}": mean(name=f"loss_{k}"),
-                f"ce_{k}": mean(name=f"ce_{k}"),
-                f"mimicry_{k}": mean(name=f"mimicry_{k}"),
-                f"accuracy_{k}": acc(name=f"accuracy_{k}"),
-            })
+            trackers = {f"{term}_{k}": mean(name=f"{term}_{k}") for term in terms}
+            trackers[f"accuracy_{k}"] = acc(name=f"accuracy_{k}")
+            self._member_trackers.append(trackers)
         self._ensemble_tracker = acc(name="ensemble_accuracy")
+
+    @property
+    def trains_mimicry(self):
+        """Whether the mimicry term is part of the loss (K >= 2, ``mimicry_weight`` > 0)."""
+        return len(self.members) > 1 and self.mimicry_weight > 0
 
     @property
     def metrics(self):
@@ -477,7 +482,8 @@ class MutualLearningModel(keras.Model):
         trackers = self._member_trackers[k]
         batch = tf.shape(labels)[0]
         for key in ("loss", "ce", "mimicry"):
-            trackers[f"{key}_{k}"].update_state(terms[key], sample_weight=batch)
+            if f"{key}_{k}" in trackers:
+                trackers[f"{key}_{k}"].update_state(terms[key], sample_weight=batch)
         trackers[f"accuracy_{k}"].update_state(
             tf.maximum(labels, 0), log_probs, sample_weight=dml_losses.labelled_mask(labels)
         )

@@ -1,4 +1,4 @@
-"""Re-id evaluation of a trained cohort on Market-1501 (Table 3-5, Fig. 3).
+r"""Re-id evaluation of a trained cohort on Market-1501 (Table 3-5, Fig. 3).
 
     python -m dml_tf.evaluate --dataset=market1501 --data_dir=.../Market-1501-v15.09.15 \
         --model_dir=runs/market1501_mobilenet_dml [--mq_pool=mean --ap_mode=market1501]
@@ -367,8 +367,10 @@ def main(argv):
 
 
 def run():
+    from dml_tf import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main, doc=__doc__)
 
 
 if __name__ == "__main__":

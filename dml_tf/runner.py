@@ -4,9 +4,12 @@
   backup/        the training state of the last finished epoch (dml_tf/checkpoint.py),
                  written every epoch and kept until results.json exists; a run
                  started again with the same command resumes from it.
-  logs/          TensorBoard: every member's loss, ce, mimicry and accuracy, the
-                 ensemble accuracy and the learning rates.
+  logs/          TensorBoard: a run folder per member (member_K/train, /validation)
+                 with the same tags (epoch_loss, epoch_ce, epoch_mimicry, epoch_accuracy,
+                 epoch_learning_rate), so members overlay; ensemble/validation.
   member_K.keras each member as a plain Keras model.
+  test_predictions.npz  the class each member and the ensemble predict for every
+                 test image, and the labels (dml_tf.compare's paired test).
   results.json   written last and atomically: config, per-epoch history, final
                  test accuracy per member and of the ensemble, wall time.
 """
@@ -15,7 +18,6 @@ import dataclasses
 import math
 import os
 import shutil
-import sys
 import time
 
 import keras
@@ -25,6 +27,8 @@ from dml_tf import checkpoint
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
 from dml_tf.analysis import load_member
+from dml_tf import reporting
+from dml_tf.compare import PREDICTIONS_FILE, save_test_predictions
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError, TrainConfig
 from dml_tf.distribute import make_strategy
@@ -142,7 +146,8 @@ def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
-    ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard).
+    ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard, TrainingHealth
+    and, unless ``config.verbose`` is set, the per-member epoch table).
     A run interrupted at any instant resumes from its last finished epoch when
     started again with the same training settings (``ConfigError`` otherwise).
     """
@@ -191,15 +196,13 @@ def run(config, log=print, callbacks=()):
     labelled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
         backup,
-        keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs")),
+        reporting.CohortTensorBoard(os.path.join(config.model_dir, "logs")),
         TrainingHealth([m.name for m in members], bundle.num_classes, labelled_per_epoch, log=log),
+        *([reporting.EpochTable(log=log)] if config.verbose is None else []),
         *callbacks,
     ]
-    verbose = config.verbose if config.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    log(f"Training {len(members)} member(s) {', '.join(m.name for m in members)} on "
-        f"{config.dataset} ({train_count} images, {steps_per_epoch} steps/epoch), "
-        f"mode={config.mode}, update={config.update}, mimicry={config.mimicry}, "
-        f"warm-up {config.warmup_epochs:g} epoch(s).")
+    verbose = 0 if config.verbose is None else config.verbose
+    log(reporting.describe_run(config, members, train_count, bundle.test_size, steps_per_epoch))
     start = time.time()
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                          validation_data=bundle.test, callbacks=callbacks, verbose=verbose,
@@ -210,6 +213,7 @@ def run(config, log=print, callbacks=()):
     if bundle.test is not None:
         test = {k: float(v) for k, v in
                 cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
+        save_test_predictions(cohort, bundle.test, os.path.join(config.model_dir, PREDICTIONS_FILE))
     member_entries = []
     for k, member in enumerate(members):
         path = os.path.join(config.model_dir, member_file(k))

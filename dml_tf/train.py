@@ -8,25 +8,20 @@ silent from the authors' code and WRN (dml_tf/config.py; the README's "Paper vs 
 code" table).
 """
 
-import os
-import warnings
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Keras 3 with NumPy 2 warns about __array__(copy=...) from inside Keras itself.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\..*")
-
-from absl import app, flags  # noqa: E402
-
-from dml_tf import config as cfg  # noqa: E402
-from dml_tf import losses  # noqa: E402
-from dml_tf.cohort import MEMBER_BATCHES, UPDATES  # noqa: E402
+from dml_tf import config as cfg
+from dml_tf import losses
+from dml_tf import nets as dml_nets
+from dml_tf.cohort import MEMBER_BATCHES, UPDATES
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("dataset", "digits", "digits (embedded, no download), cifar10, cifar100, "
-                    "market1501 or imagenet2012.")
+flags.DEFINE_string("dataset", "digits", "One of " + ", ".join(sorted(cfg.DATASET_DEFAULTS)) +
+                    "; digits is embedded (scikit-learn's, no download).")
 flags.DEFINE_string("data_dir", None, "Local copy of the dataset (archives or folders).")
-flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Comma list of networks; K = its length.")
+flags.DEFINE_list("nets", ["resnet32", "resnet32"], "Comma list of networks, each one of "
+                  + ", ".join(dml_nets.names()) + "; K = its length.")
 flags.DEFINE_string("model_dir", "runs/default", "Output folder (checkpoints, logs, results).")
 flags.DEFINE_enum("mode", "dml", cfg.MODES, "dml; independent (same nets and data order, no "
                   "mimicry); distill (last net learns from the frozen earlier ones, --teacher).")
@@ -91,8 +86,9 @@ flags.DEFINE_enum("placement", "none", list(cfg.PLACEMENTS),
 flags.DEFINE_enum("mixed_precision", "float32", list(cfg.PRECISIONS), "Keras dtype policy.")
 flags.DEFINE_boolean("overwrite", False, "Start afresh in --model_dir: replace a finished run "
                      "and discard the checkpoint of an interrupted one.")
-flags.DEFINE_integer("verbose", None, "Keras verbosity (default: bar on a terminal, else a line "
-                     "per epoch).")
+flags.DEFINE_integer("verbose", None, "Default: a table per epoch, a row per member (and a step "
+                     "counter on a terminal); 0: silent; 1 / 2: Keras' progress bar / line of "
+                     "every metric.")
 
 
 def config_from_flags():
@@ -126,7 +122,9 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    from dml_tf import cli
+
+    cli.run(main, doc=__doc__)
 
 
 if __name__ == "__main__":

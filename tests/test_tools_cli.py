@@ -104,7 +104,10 @@ def test_report_command(commands):
     check_ok(proc)
     markdown = (out / "report.md").read_text()
     assert "Runs without a counterpart" in markdown and "dml_e_k2_seed0" in markdown
-    data = outputs(out, "report", {"source", "units", "rows", "unmatched"})
+    assert "No run matches a setting of the paper's Tables 2-5" in markdown
+    assert not (out / "report.png").exists()  # nothing to plot against the paper
+    data = json.loads((out / "report.json").read_text())
+    assert set(data) == {"source", "units", "rows", "unmatched"}
     runs = ["dml_e_k2_seed0", "dml_k2_seed0", "independent_k2_seed0", "k1_seed0"]
     assert sorted(u["run"] for u in data["unmatched"]) == runs and not data["rows"]  # tiny_cnn: no paper cell
 

@@ -86,10 +86,30 @@ def test_writes_markdown_json_png(runs_dir, tmp_path):
     text = tool.compute(str(runs_dir), str(out), log=lambda s: None)
     assert out.read_text() == text
     assert "| 2 | cifar100 DML mobilenet+resnet32 | c100_dml | net1 mobilenet top-1 | 77.13 | 76.13 | +1.00 |" in text
-    assert "CVPR 2018" in text and "Runs without a counterpart" in text
+    assert "CVPR 2018: Table 2 (CIFAR top-1), Table 3" in text and "Runs without a counterpart" in text
+    assert "REFERENCE" not in text and tool.NO_MATCH not in text
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(data) == {"source", "units", "rows", "unmatched"} and len(data["rows"]) > 10
     assert (tmp_path / "out" / "report.png").stat().st_size > 1000
+
+
+def test_no_plot_without_a_match(tmp_path):
+    tool = load_tool("report")
+    root = tmp_path / "runs"
+    write_run(root, "digits_tiny", "digits", ["tiny_cnn", "tiny_cnn"], "dml", [0.5, 0.25])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.png").write_bytes(b"an earlier report's plot")
+    text = tool.compute(str(root), str(out / "report.md"), log=lambda s: None)
+    assert text.endswith(tool.NO_MATCH + "\n\nRuns without a counterpart in the paper:\n\n"
+                         "| Run | Dataset | Mode | Nets | Member top-1 | Ensemble top-1 |\n"
+                         "|---|---|---|---|---|---:|\n"
+                         "| digits_tiny | digits | dml | tiny_cnn,tiny_cnn | 50.00 / 25.00 | — |\n")
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # the stale plot is gone
+    # a matched Market-1501 run without its eval.json has nothing to plot either
+    write_run(root / "market", "ind", "market1501", ["mobilenet", "mobilenet"], "independent")
+    text = tool.compute(str(root), str(out / "report.md"), log=lambda s: None)
+    assert tool.NO_RESULT in text and not (out / "report.png").exists()
 
 
 def test_usage_errors(tmp_path):

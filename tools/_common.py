@@ -11,7 +11,6 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
@@ -29,9 +28,12 @@ def define(kind, name, default, *args, **kwargs):
 def define_sweep_flags():
     """The flags the training sweeps (cohort_size, semi_supervised) share: what to
     train on, where, and the training settings that override the dataset's defaults."""
-    define("string", "dataset", "digits", "digits, cifar10, cifar100 or market1501.")
+    from dml_tf import analysis
+    from dml_tf import nets as dml_nets
+
+    define("string", "dataset", "digits", f"One of {', '.join(analysis.DATASETS)}.")
     define("string", "data_dir", None, "Local copy of the dataset.")
-    define("string", "net", "resnet32", "Network of every member.")
+    define("string", "net", "resnet32", f"Network of every member, one of {', '.join(dml_nets.names())}.")
     define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
     define("integer", "epochs", None, "Epochs (dataset default).")
     define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
@@ -186,8 +188,9 @@ def run_data(config, split, batch_size=None, data_dir=None, limit=None, identiti
 
 
 def run_tool(compute, define_flags):
-    """Runs a tool as an absl app: ``define_flags()``, then ``compute`` called with the
-    flags named like its parameters (``log`` keeps its default)."""
+    """Runs a tool as an absl app (``dml_tf.cli.run``: a usage error is one line):
+    ``define_flags()``, then ``compute`` called with the flags named like its
+    parameters (``log`` keeps its default)."""
     import inspect
 
     def main(argv):
@@ -196,8 +199,10 @@ def run_tool(compute, define_flags):
         names = [n for n in inspect.signature(compute).parameters if n != "log"]
         compute(**{name: FLAGS[name].value for name in names})
 
+    from dml_tf import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main, doc=sys.modules["__main__"].__doc__)
 
 
 def runs_with_data(runs, split, batch_size=None, data_dir=None, limit=None, identities=None):

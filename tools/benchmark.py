@@ -33,7 +33,6 @@ warmed up and timed (the same value on its three rows).
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -303,5 +302,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from dml_tf import cli
+
     define_flags()
-    app.run(main)
+    cli.run(main)

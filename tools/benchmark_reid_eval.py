@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 from _common import peak_rss_mib  # noqa: E402  (puts the repository root on sys.path)
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 from dml_tf.reid.metrics import evaluate, pool_multi_query  # noqa: E402
 
@@ -83,4 +83,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from dml_tf import cli
+
+    cli.run(main)

@@ -49,7 +49,7 @@ def make_config(method, k, seed, output_dir, dataset, net, **overrides):
     return TrainConfig(dataset=dataset, nets=(net,) * k, mode=mode,
                        mimicry="ensemble" if (method == "dml_e" and k > 1) else "kl",
                        seed=seed, model_dir=os.path.join(output_dir, run_dir_name(method, k, seed)),
-                       verbose=2, **overrides)
+                       **overrides)
 
 
 def _ensemble(results, accs):

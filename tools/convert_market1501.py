@@ -52,4 +52,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from dml_tf import cli
+
+    cli.run(main)

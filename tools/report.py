@@ -19,8 +19,9 @@ entropy_weight, feature_l2_weight) picks the paper cell(s) it reproduces:
 
 Our values are in % (results.json and eval.json store fractions); ``diff`` = ours - paper.
 Runs with no paper counterpart are listed after the table. Writes ``--output`` (Markdown)
-plus ``.json`` (the rows) and ``.png`` (ours vs paper scatter) beside it, atomically.
-The paper's numbers are transcribed below from its Tables 2-5.
+plus ``.json`` (the rows) and, when some run matches a paper cell, ``.png`` (ours vs paper
+scatter) beside it, atomically. The paper's numbers are transcribed below from Zhang et
+al., "Deep Mutual Learning", CVPR 2018, Tables 2-5.
 """
 
 import json
@@ -32,7 +33,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common  # noqa: E402
 from absl import app  # noqa: E402
 
-SOURCE = "Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018, Tables 2-5"
+SOURCE = ("Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018: Table 2 (CIFAR top-1), "
+          "Table 3 (Market-1501), Table 4 (distillation), Table 5 (Market-1501 variants)")
+NO_MATCH = ("No run matches a setting of the paper's Tables 2-5 (nets, dataset and mode), so there "
+            "is nothing to plot against the paper.")
+NO_RESULT = ("No matched run has a result yet (a Market-1501 run needs the eval.json of "
+             "python -m dml_tf.evaluate), so there is nothing to plot against the paper.")
+
+
+def no_plot_reason(rows):
+    """Why there is no ours-vs-paper plot (None when there is one)."""
+    if not rows:
+        return NO_MATCH
+    return None if any(r["ours"] is not None for r in rows) else NO_RESULT
 
 # Table 2: top-1 (%) of independent nets (depends only on the net) and of DML pairs.
 TABLE2_INDEPENDENT = {
@@ -209,6 +222,8 @@ def to_markdown(rows, unmatched):
                      f"{_fmt(r['ours'])} | {_fmt(r['paper'])} | {_fmt(r['diff'], True)} |")
     if not rows:
         lines.append("| — | no run matches a paper setting | | | | | |")
+    if no_plot_reason(rows):
+        lines += ["", no_plot_reason(rows)]
     if unmatched:
         lines += ["", "Runs without a counterpart in the paper:", "",
                   "| Run | Dataset | Mode | Nets | Member top-1 | Ensemble top-1 |", "|---|---|---|---|---|---:|"]
@@ -220,7 +235,7 @@ def to_markdown(rows, unmatched):
 
 def compute(runs_dir, output=None, log=print):
     """Builds the report; writes ``output`` (+ .json/.png) when given; returns the Markdown."""
-    from dml_tf.io_utils import atomic_write_bytes
+    from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
 
     if not runs_dir:
         raise app.UsageError("--runs_dir is required: a folder of finished dml_tf.train runs.")
@@ -235,19 +250,24 @@ def compute(runs_dir, output=None, log=print):
     if output:
         stem = os.path.splitext(output)[0]
         atomic_write_bytes(output, text.encode("utf-8"))
-        fig, (ax,) = _common.figure(1)
+        payload = {"source": SOURCE, "units": "%", "rows": rows, "unmatched": unmatched}
+        if no_plot_reason(rows):  # no plot (the Markdown says why), nor an earlier one left behind
+            atomic_write_json(f"{stem}.json", payload)
+            if os.path.exists(f"{stem}.png"):
+                os.remove(f"{stem}.png")
+            log(f"Wrote {output} and {stem}.json; no plot.")
+            return text
         pts = [r for r in rows if r["ours"] is not None]
+        fig, (ax,) = _common.figure(1)
         for i, table in enumerate(sorted({r["table"] for r in pts})):
             sel = [r for r in pts if r["table"] == table]
             ax.scatter([r["paper"] for r in sel], [r["ours"] for r in sel], color=f"C{i}", label=f"Table {table}")
-        if pts:
-            lo = min(min(r["paper"], r["ours"]) for r in pts) - 1
-            hi = max(max(r["paper"], r["ours"]) for r in pts) + 1
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.legend(fontsize=7)
+        lo = min(min(r["paper"], r["ours"]) for r in pts) - 1
+        hi = max(max(r["paper"], r["ours"]) for r in pts) + 1
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.legend(fontsize=7)
         ax.set(xlabel="paper (%)", ylabel="ours (%)", title="Ours vs paper")
-        _common.write_outputs(os.path.dirname(os.path.abspath(output)), os.path.basename(stem),
-                              {"source": SOURCE, "units": "%", "rows": rows, "unmatched": unmatched}, fig)
+        _common.write_outputs(os.path.dirname(os.path.abspath(output)), os.path.basename(stem), payload, fig)
         log(f"Wrote {output}, {stem}.json and {stem}.png")
     return text
 

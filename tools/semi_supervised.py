@@ -49,7 +49,7 @@ def make_config(method, amount, seed, output_dir, dataset, net, market, **overri
     return TrainConfig(dataset=dataset, nets=(net,) if method == "single" else (net, net),
                        mode="independent" if method == "single" else "dml",
                        semi="all" if method == "dml_all" else "labelled", seed=seed,
-                       model_dir=os.path.join(output_dir, f"{method}_{tag}_seed{seed}"), verbose=2,
+                       model_dir=os.path.join(output_dir, f"{method}_{tag}_seed{seed}"),
                        **label_arg, **overrides)
 
 

@@ -1,0 +1,142 @@
+"""What a user sees from the commands: one error line for bad input, --help on stdout with
+status 0, the flags' choices listed, and none of TensorFlow's start-up notices
+(dml_tf/cli.py, dml_tf/_quiet.py)."""
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from absl import logging as absl_logging
+
+from dml_tf import _quiet
+from dml_tf import nets as dml_nets
+from dml_tf.config import DATASET_DEFAULTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Lines TensorFlow 2.21 printed on a CPU machine before dml_tf._quiet (one of each).
+NOTICES = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "I0000 00:00:1795978309.778985    3722 port.cc:153] oneDNN custom operations are on. You may see "
+    "slightly different numerical results due to floating-point round-off errors from different "
+    "computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.\n",
+    "I0000 00:00:1795978309.852192    3722 cpu_feature_guard.cc:227] This TensorFlow binary is optimized "
+    "to use available CPU instructions in performance-critical operations.\n",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow "
+    "with the appropriate compiler flags.\n",
+]
+NO_GPU = [
+    "I0000 00:00:1795978309.779404    3722 cudart_stub.cc:31] Could not find cuda drivers on your "
+    "machine, GPU will not be used.\n",
+    "E0000 00:00:1795978313.478011    3722 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+    "error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
+]
+REAL = [
+    "E0000 00:00:1795978313.478011    3722 op_kernel.cc:1857] OP_REQUIRES failed: out of memory\n",
+    "/x/keras/src/trainers/trainer.py:1: UserWarning: something the user must see\n",
+]
+
+
+def test_notice_filter_keeps_real_lines():
+    text = "".join(NOTICES + NO_GPU + REAL)
+    assert _quiet.filter_lines(text, _quiet.notice_pattern(gpu_driver=False)) == "".join(REAL)
+    # with an NVIDIA driver loaded, a CUDA failure is a real problem: kept
+    assert _quiet.filter_lines(text, _quiet.notice_pattern(gpu_driver=True)) == "".join(NO_GPU + REAL)
+
+
+def test_filtered_stderr_captures_file_descriptor_2(capfd):
+    def noisy():
+        for line in NOTICES + NO_GPU + REAL:
+            os.write(2, line.encode())  # as TensorFlow's C++ code writes, below sys.stderr
+        return 42
+
+    assert _quiet.run_with_filtered_stderr(noisy, _quiet.notice_pattern(gpu_driver=False)) == 42
+    assert capfd.readouterr().err == "".join(REAL)
+
+
+def test_unprepared_tfds_folder_warning_is_dropped(caplog):
+    with caplog.at_level(logging.WARNING):
+        absl_logging.warning("Variant folder %s has no %s", "/d/cifar10/3.0.2", "dataset_info.json")
+        absl_logging.warning("Variant folder %s has invalid version %s", "/d/cifar10/x", "x")
+    assert [r.getMessage() for r in caplog.records] == ["Variant folder /d/cifar10/x has invalid version x"]
+
+
+def run_all(*commands, timeout=300):
+    """Runs every ``[args]`` from the repository root at once (each mostly imports
+    TensorFlow), as a user would: TF_CPP_MIN_LOG_LEVEL unset. CompletedProcess list."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = ROOT
+    started, deadline = [], time.monotonic() + timeout
+    try:
+        for args in commands:
+            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+            started.append((subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out,
+                                             stderr=err, text=True), args, out, err))
+        done = []
+        for proc, args, out, err in started:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            out.seek(0)
+            err.seek(0)
+            done.append(subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read()))
+        return done
+    finally:
+        for proc, _, out, err in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
+            err.close()
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory):
+    where = tmp_path_factory.mktemp("cli")
+    todo = {
+        "bad_net": ["-m", "dml_tf.train", "--nets=resnet33", f"--model_dir={where}/a"],
+        "bad_enum": ["-m", "dml_tf.train", "--mode=mutual", f"--model_dir={where}/b"],
+        "help": ["-m", "dml_tf.train", "--help"],
+        "evaluate_no_run": ["-m", "dml_tf.evaluate", f"--model_dir={where}/none"],
+        "compare_no_run": ["-m", "dml_tf.compare", f"{where}/none"],
+        "tool_no_runs": [os.path.join("tools", "report.py"), f"--runs_dir={where}/none"],
+        "tool_help": [os.path.join("tools", "report.py"), "-h"],
+    }
+    return dict(zip(todo, run_all(*todo.values())))
+
+
+@pytest.mark.parametrize("key,program,message", [
+    ("bad_net", "python -m dml_tf.train",
+     "unknown network 'resnet33'; known networks: " + ", ".join(dml_nets.names())),
+    ("bad_enum", "python -m dml_tf.train", "flag --mode=mutual: value should be one of"),
+    ("evaluate_no_run", "python -m dml_tf.evaluate", "does not exist"),
+    ("compare_no_run", "python -m dml_tf.compare", "does not exist"),
+    ("tool_no_runs", "python tools/report.py", "--runs_dir="),
+])
+def test_a_usage_error_is_one_line_and_a_pointer_to_help(commands, key, program, message):
+    proc = commands[key]
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    error, pointer = proc.stderr.splitlines()  # nothing else: no help text, no start-up notices
+    assert error.startswith(f"{program}: error: ") and message in error, error
+    assert pointer == f"See '{program} --help' for the flags."
+
+
+def test_help_lists_the_flags_and_their_choices_and_exits_0(commands):
+    proc = commands["help"]
+    assert (proc.returncode, proc.stderr) == (0, "")
+    text = " ".join(proc.stdout.split())  # absl wraps the help text
+    assert text.startswith("Trains a Deep Mutual Learning cohort from the command line.")
+    nets, dataset = (re.search(rf"--{flag}:(.*?) --\w+:", text).group(1) for flag in ("nets", "dataset"))
+    assert all(name in nets for name in dml_nets.names()), nets
+    assert all(name in dataset for name in DATASET_DEFAULTS), dataset
+    assert "--helpfull" not in text and "--only_check_flags" not in text  # the program's own flags only
+
+
+def test_tool_help(commands):
+    proc = commands["tool_help"]
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("Our numbers next to the paper's") and "--runs_dir:" in proc.stdout
