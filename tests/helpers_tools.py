@@ -18,18 +18,16 @@ def load_tool(name):
     return module
 
 
-def run_cli(*commands, timeout=300):
-    """Runs every ``(NAME, [flags])`` as ``python tools/NAME.py FLAGS`` from the repository
-    root, all at once (each process mostly imports TensorFlow: they overlap well), and
+def run_processes(arg_lists, env, timeout=300):
+    """Runs every ``[args]`` (``sys.executable``'s arguments) from the repository root at
+    once (each process mostly imports TensorFlow: they overlap well), with ``env``, and
     returns their ``subprocess.CompletedProcess`` in order. Fails past ``timeout`` s."""
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     started, deadline = [], time.monotonic() + timeout
     try:
-        for name, flags in commands:
-            args = [sys.executable, os.path.join("tools", f"{name}.py"), *flags]
+        for args in arg_lists:
             out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-            started.append((subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err, text=True),
-                            args, out, err))
+            started.append((subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out,
+                                             stderr=err, text=True), args, out, err))
         done = []
         for proc, args, out, err in started:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -44,6 +42,14 @@ def run_cli(*commands, timeout=300):
                 proc.wait()
             out.close()
             err.close()
+
+
+def run_cli(*commands, timeout=300):
+    """Runs every ``(NAME, [flags])`` as ``python tools/NAME.py FLAGS`` (see
+    :func:`run_processes`)."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    return run_processes([[os.path.join("tools", f"{name}.py"), *flags] for name, flags in commands], env,
+                         timeout)
 
 
 def check_ok(proc):

@@ -5,10 +5,6 @@ status 0, the flags' choices listed, and none of TensorFlow's start-up notices
 import logging
 import os
 import re
-import subprocess
-import sys
-import tempfile
-import time
 
 import pytest
 from absl import logging as absl_logging
@@ -16,6 +12,7 @@ from absl import logging as absl_logging
 from dml_tf import _quiet
 from dml_tf import nets as dml_nets
 from dml_tf.config import DATASET_DEFAULTS
+from helpers_tools import run_processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,30 +64,11 @@ def test_unprepared_tfds_folder_warning_is_dropped(caplog):
 
 
 def run_all(*commands, timeout=300):
-    """Runs every ``[args]`` from the repository root at once (each mostly imports
-    TensorFlow), as a user would: TF_CPP_MIN_LOG_LEVEL unset. CompletedProcess list."""
+    """Runs every ``[args]`` from the repository root at once, as a user would:
+    TF_CPP_MIN_LOG_LEVEL unset. CompletedProcess list."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     env["PYTHONPATH"] = ROOT
-    started, deadline = [], time.monotonic() + timeout
-    try:
-        for args in commands:
-            out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-            started.append((subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out,
-                                             stderr=err, text=True), args, out, err))
-        done = []
-        for proc, args, out, err in started:
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            out.seek(0)
-            err.seek(0)
-            done.append(subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read()))
-        return done
-    finally:
-        for proc, _, out, err in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            out.close()
-            err.close()
+    return run_processes(commands, env, timeout)
 
 
 @pytest.fixture(scope="module")
