@@ -547,7 +547,7 @@ class MutualLearningModel(keras.Model):
         target_features = list(features)
         trainable = [k for k in range(n) if self._is_learner(k)]
         # Later members read member k's new predictions only through the peer terms.
-        refresh = bool(self.mimicry_weight or self.feature_l2_weight)
+        refresh = self.trains_mimicry or bool(self.feature_l2_weight)
 
         pending, total = [], 0.0
         for k in range(n):
