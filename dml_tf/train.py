@@ -64,7 +64,7 @@ flags.DEFINE_float("lr_decay_rate", None, "Decay factor of the schedule.")
 flags.DEFINE_integer("lr_decay_every", None, "Epochs between exponential decays.")
 flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up over this many epochs, "
                    "DML and independent alike (dataset default; 0: the paper's exact schedule; "
-                   "see the README's 'Training stability').")
+                   'see the README, "Training stability").')
 flags.DEFINE_float("ema_decay", None, "Decay of the weight moving average that replaces the "
                    "weights at the end (0: off; dataset default: 0.9999 for Market-1501, as "
                    "the original code, else 0).")
