@@ -136,8 +136,10 @@ def describe_run(config, members, train_count, test_count, steps_per_epoch):
     k = len(members)
     names = ", ".join(f"{m.name} ({net}{'' if m.trainable else ', frozen teacher'})"
                       for m, net in zip(members, config.nets))
+    step = config.step_batch_size()
+    batch = f"{step} ({config.batch_size} per member)" if step != config.batch_size else f"{step}"
     lines = [f"Training {k} member{'s' if k > 1 else ''} on {config.dataset}: {train_count} training "
-             f"images, {steps_per_epoch} steps of {config.batch_size} per epoch, {config.epochs} epochs"
+             f"images, {steps_per_epoch} steps of {batch} per epoch, {config.epochs} epochs"
              + (f"; {test_count} test images." if test_count else "."),
              f"  members: {names}"]
     learners = [m.name for m in members if m.trainable]

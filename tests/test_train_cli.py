@@ -228,7 +228,7 @@ def test_separate_member_batches_feed_each_member_its_own_batch(cifar_dir, tmp_p
     lines = []
     results = runner.run(tiny_config(tmp_path / "sep", cifar_dir, batch_size=8, member_batches="separate"),
                          log=lines.append)
-    assert "(40 images, 3 steps/epoch)" in lines[0]  # ceil(40 / (2 x 8))
+    assert "40 training images, 3 steps of 16 (8 per member) per epoch" in lines[0]  # ceil(40 / (2 x 8))
     assert results["config"]["member_batches"] == "separate"
     assert np.isfinite(results["history"]["loss_1"]).all()
     with pytest.raises(cfg.ConfigError, match="--member_batches=separate cannot be used with --mode=distill"):
