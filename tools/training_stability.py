@@ -179,7 +179,7 @@ def plot(results):
                         linestyle="-" if k == 0 else "--")
         ax.set_title(quantity)
         ax.set_xlabel("step")
-        if quantity.startswith("grad_c") and quantity != "grad_cosine" or quantity == "grad_mimicry":
+        if quantity in ("grad_ce", "grad_mimicry"):
             ax.set_yscale("symlog", linthresh=1e-3)
     for ax in list(axes.flat)[len(QUANTITIES):]:
         ax.axis("off")
