@@ -261,11 +261,11 @@ def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, li
     ``market1501``: :func:`dml_tf.data.market1501.unaugmented_split` (train: the run's
     class labels; test: the gallery's real identities, labelled by person id), which
     takes ``market_options`` (image_size, labeled_ids, source, ...). ``identities``
-    and ``limit`` select images (:func:`dml_tf.data.base.select_images`).
+    and ``limit`` select images (:func:`dml_tf.data.pipeline.select_images`).
     Returns ``(tf.data.Dataset, number of images)``.
     """
     from dml_tf.data import pipeline
-    from dml_tf.data.base import select_images
+    from dml_tf.data.pipeline import select_images
 
     if dataset not in DATASETS:
         raise ValueError(f"Dataset {dataset!r} has no analysis split here; expected one of {DATASETS}.")

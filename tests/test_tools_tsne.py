@@ -76,7 +76,7 @@ def test_every_tool_has_help():
 
 
 def test_select_images_takes_sorted_identities_then_limit():
-    from dml_tf.data.base import select_images
+    from dml_tf.data.pipeline import select_images
 
     labels = [5, -1, 3, 5, 9, 3, -1]  # -1: an unlabelled image, no identity
     assert select_images(labels).tolist() == list(range(7))
