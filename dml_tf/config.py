@@ -12,13 +12,14 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
+from dml_tf.placement import PLACEMENTS
+
 MODES = ("dml", "independent", "distill")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential")
 SEMI = ("all", "labelled")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-PLACEMENTS = ("none", "per_member")
 
 # The paper's settings per dataset (Sec. 4.1) and where they come from when the paper is silent.
 DATASET_DEFAULTS = {

@@ -177,7 +177,7 @@ def run(config, log=print, callbacks=()):
             mimicry_weight=config.member_mimicry_weight(), peer_reduction=config.peer_reduction,
             label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
             feature_l2_weight=config.feature_l2_weight,
-            placement=None if config.placement == "none" else config.placement,
+            placement=config.placement,
             member_batches=config.member_batches)
         cohort.compile(
             optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
