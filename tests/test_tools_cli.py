@@ -1,4 +1,4 @@
-"""The study tools as commands (``python tools/NAME.py --flag=...``) on runs trained once
+"""The study tools as commands (``python -m tools.NAME --flag=...``) on runs trained once
 (conftest.py): a tiny digits DML pair and single network, and a Market-1501 DML pair. The
 sweeps' commands (cohort_size, semi_supervised) are in test_tools_market.py."""
 
