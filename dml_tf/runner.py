@@ -165,6 +165,38 @@ def build_cohort(config, bundle, steps_per_epoch):
     return cohort
 
 
+def checked_strategy(config):
+    """The ``tf.distribute`` strategy of ``config``; ConfigError when it cannot start."""
+    try:
+        return make_strategy(config.strategy)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
+
+
+def training_backup(config, state, log=print):
+    """The run's TrainingBackup callback, from the checkpoint ``state`` (None: afresh)."""
+    backup_dir = backup_dir_of(config)
+    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
+    if backup.initial_epoch >= config.epochs:
+        log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
+            "evaluating and saving it.")
+    elif backup.initial_epoch:
+        log(f"Resuming from the checkpoint of epoch {backup.initial_epoch} in {backup_dir}.")
+    return backup
+
+
+def evaluate_and_save(cohort, bundle, model_dir):
+    """The cohort's test metrics (``{}`` without a test split) and test predictions, and
+    the members' files, in ``model_dir``."""
+    test = {}
+    if bundle.test is not None:
+        test = {k: float(v) for k, v in
+                cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
+        save_test_predictions(cohort, bundle.test, os.path.join(model_dir, run_dir.PREDICTIONS_FILE))
+    run_dir.save_members(model_dir, cohort.members)
+    return test
+
+
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
@@ -178,10 +210,7 @@ def run(config, log=print, callbacks=()):
     state = checked_state(config, log)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    try:
-        strategy = make_strategy(config.strategy)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
+    strategy = checked_strategy(config)
     bundle = load_data(config)
     train, train_count = training_batches(config, bundle)
     batches_per_pass = math.ceil(train_count / config.step_batch_size())
@@ -190,15 +219,8 @@ def run(config, log=print, callbacks=()):
         cohort = build_cohort(config, bundle, steps_per_epoch)
     members = cohort.members
 
-    backup_dir = backup_dir_of(config)
-    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
-    initial_epoch = backup.initial_epoch
-    if initial_epoch >= config.epochs:
-        log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
-            "evaluating and saving it.")
-    elif initial_epoch:
-        log(f"Resuming from the checkpoint of epoch {initial_epoch} in {backup_dir}.")
-    stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
+    backup = training_backup(config, state, log)
+    stream = epoch_stream(train, batches_per_pass, steps_per_epoch, backup.initial_epoch)
     labeled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
         backup,
@@ -215,13 +237,7 @@ def run(config, log=print, callbacks=()):
                          shuffle=False)  # the pipeline shuffles, seeded
     wall_time = backup.train_time_s + time.time() - start  # + earlier sessions' epochs
 
-    test = {}
-    if bundle.test is not None:
-        test = {k: float(v) for k, v in
-                cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
-        save_test_predictions(cohort, bundle.test,
-                              os.path.join(config.model_dir, run_dir.PREDICTIONS_FILE))
-    run_dir.save_members(config.model_dir, members)
+    test = evaluate_and_save(cohort, bundle, config.model_dir)
     # backup.history: every epoch, earlier sessions' included
     results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
                                    test, wall_time)

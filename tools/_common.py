@@ -263,7 +263,7 @@ def peak_rss_mib():
 
 def market_scores(model_dir, data_dir=None, batch_size=64, log=print):
     """``(member mAPs, ensemble mAP)`` (single query, fractions) of a Market-1501 run:
-    its eval.json, or ``dml_tf.evaluate.evaluate_run`` when there is none yet."""
+    ``dml_tf.evaluate.evaluate_or_reuse`` (its eval.json, else an evaluation)."""
     from dml_tf import evaluate
 
     with usage_errors():
