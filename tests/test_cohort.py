@@ -8,14 +8,11 @@ import pytest
 import tensorflow as tf
 
 import dml_tf
+from numpy_reference import softmax
 
 IN, CLASSES, BATCH = 6, 4, 8
 
 
-def softmax(z):
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def linear_member(seed, name, batch_norm=False, dropout=0.0):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers_tools import load_tool
+from numpy_reference import entropy, softmax
 
 LIMIT = 40
 
@@ -55,12 +56,7 @@ def numpy_probs(path):
     std = train.std(axis=(0, 1, 2))
     x = ((train[:LIMIT] - mean) / std).astype(np.float32)
     logits = keras.models.load_model(path, compile=False).predict(x, verbose=0).astype(np.float64)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True), arrays["train_labels"][:LIMIT]
-
-
-def np_entropy(p):
-    return -(p * np.log(np.where(p > 0, p, 1))).sum(axis=1)
+    return softmax(logits), arrays["train_labels"][:LIMIT]
 
 
 def test_posterior_statistics_closed_forms():
@@ -76,7 +72,7 @@ def test_posterior_statistics_closed_forms():
     p = rng.dirichlet(np.ones(7), size=30)
     stats = analysis.posterior_statistics(p)
     assert stats["top_k_mean_probability"] == pytest.approx(np.sort(p, axis=1)[:, ::-1][:, :5].mean(0))
-    assert stats["mean_entropy"] == pytest.approx(np_entropy(p).mean())
+    assert stats["mean_entropy"] == pytest.approx(entropy(p).mean())
     with pytest.raises(ValueError):
         analysis.posterior_statistics(np.zeros((0, 3)))
 
@@ -89,8 +85,8 @@ def test_teaching_signal_entropy_matches_numpy():
     out = analysis.teaching_signal_entropy(p)
     for k in range(3):
         peers = [l for l in range(3) if l != k]
-        assert out["per_member"][k]["dml"] == pytest.approx(np.mean([np_entropy(p[l]).mean() for l in peers]))
-        assert out["per_member"][k]["dml_e"] == pytest.approx(np_entropy(p[peers].mean(0)).mean())
+        assert out["per_member"][k]["dml"] == pytest.approx(np.mean([entropy(p[l]).mean() for l in peers]))
+        assert out["per_member"][k]["dml_e"] == pytest.approx(entropy(p[peers].mean(0)).mean())
         assert out["per_member"][k]["dml_e"] >= out["per_member"][k]["dml"]  # concavity
     with pytest.raises(ValueError):
         analysis.teaching_signal_entropy(p[:1])
@@ -110,15 +106,15 @@ def test_posterior_stats_tool_matches_numpy(runs, tmp_path):
         for m in entry["members"]:
             p, _ = numpy_probs(os.path.join(run_dir, f"member_{m['index']}.keras"))
             assert m["num_images"] == LIMIT
-            assert m["mean_entropy"] == pytest.approx(np_entropy(p).mean(), abs=1e-5)
+            assert m["mean_entropy"] == pytest.approx(entropy(p).mean(), abs=1e-5)
             assert m["top_k_mean_probability"] == pytest.approx(
                 np.sort(p, axis=1)[:, ::-1][:, :5].mean(0), abs=1e-5)
-            entropies.append(np_entropy(p).mean())
+            entropies.append(entropy(p).mean())
         assert entry["mean_entropy"] == pytest.approx(np.mean(entropies), abs=1e-5)
     teach = written["runs"][0]["teaching_signal_entropy"]
     p0, _ = numpy_probs(os.path.join(dml, "member_0.keras"))
     p1, _ = numpy_probs(os.path.join(dml, "member_1.keras"))
-    assert teach["dml"] == pytest.approx((np_entropy(p0).mean() + np_entropy(p1).mean()) / 2, abs=1e-5)
+    assert teach["dml"] == pytest.approx((entropy(p0).mean() + entropy(p1).mean()) / 2, abs=1e-5)
     # K = 2: each member has one peer, so the peer average IS the peer (DML_e == DML).
     assert teach["dml_e"] == pytest.approx(teach["dml"], abs=1e-9)
     assert written["runs"][1]["teaching_signal_entropy"] is None  # K = 1

@@ -11,7 +11,7 @@ import pytest
 
 import helpers_market
 from helpers_tools import check_ok, load_tool, run_cli
-from test_tools_analysis import np_entropy
+from numpy_reference import entropy, softmax
 
 SIZE = (helpers_market.HEIGHT, helpers_market.WIDTH)  # the JPEGs' own size
 SWEEP_FLAGS = dict(dataset="market1501", net="tiny_cnn", epochs=1, steps_per_epoch=1, batch_size=4,
@@ -54,8 +54,7 @@ def member_probs(run_dir, k, images):
 
     model = keras.models.load_model(os.path.join(run_dir, f"member_{k}.keras"), compile=False)
     logits = model.predict(images, verbose=0).astype(np.float64)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(logits)
 
 
 def eval_sq_maps(run_dir):
@@ -150,7 +149,7 @@ def test_posterior_stats_and_noise_on_a_market_run(market_data, market_run, tmp_
     assert (entry["dataset"], entry["split"], entry["num_images"]) == ("market1501", "train", 10)
     for m, p in zip(entry["members"], probs):
         assert m["num_classes"] == len(train)
-        assert m["mean_entropy"] == pytest.approx(np_entropy(p).mean(), abs=1e-5)
+        assert m["mean_entropy"] == pytest.approx(entropy(p).mean(), abs=1e-5)
         assert m["top_k_mean_probability"] == pytest.approx(np.sort(p, axis=1)[:, ::-1][:, :5].mean(0), abs=1e-5)
     assert (tmp_path / "post" / "posterior_stats.png").stat().st_size > 1000
 
@@ -287,7 +286,7 @@ def test_noise_and_posterior_skip_nothing_but_the_loss_of_unlabelled_ids(market_
         keep = labels >= 0
         clean = -np.log(p[keep][np.arange(keep.sum()), labels[keep]]).mean()
         assert noise["runs"][0]["members"][k]["clean_loss"] == pytest.approx(clean, abs=1e-5)
-        assert stats["runs"][0]["members"][k]["mean_entropy"] == pytest.approx(np_entropy(p).mean(), abs=1e-5)
+        assert stats["runs"][0]["members"][k]["mean_entropy"] == pytest.approx(entropy(p).mean(), abs=1e-5)
     # The first images are of unlabelled ids only: no loss to measure, a usage error.
     unlabelled_prefix = int(np.argmax(labels >= 0))
     assert unlabelled_prefix > 0
