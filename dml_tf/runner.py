@@ -99,7 +99,7 @@ def load_data(config):
 
 
 def labelled_only(dataset, batch_size):
-    """``--semi=labelled``: drop the unlabelled (-1) images (Sec. 4.10 "DML-labelled")."""
+    """``--semi=labeled``: drop the unlabelled (-1) images (Sec. 4.10 "DML-labelled")."""
     return dataset.unbatch().filter(lambda x, y: y >= 0).batch(batch_size)
 
 
@@ -162,7 +162,7 @@ def run(config, log=print, callbacks=()):
         raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
     bundle = load_data(config)
     train, train_count = bundle.train, bundle.train_size
-    if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):
+    if config.semi == "labeled" and (config.labeled_fraction < 1 or config.labeled_ids):
         train = labelled_only(train, config.step_batch_size())
         train_count = bundle.labeled_size
         if train_count is None:  # the loader cannot tell: count in one pass

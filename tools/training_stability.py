@@ -1,6 +1,6 @@
 r"""What happens in the first steps of training: DML against independent training.
 
-    python tools/training_stability.py --dataset=cifar10 --data_dir=../shared/data/cifar10-sample \
+    python tools/training_stability.py --dataset=cifar10 --data_dir=DIR \
         --nets=resnet32,resnet32 --steps=300 --conditions=dml,independent --output_dir=out/stability
 
 For each condition (``dml``, ``independent``; add ``:warmup=E`` for a linear learning-rate
@@ -32,6 +32,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+from dml_tf import cli_flags  # noqa: E402
 from absl import app  # noqa: E402
 
 QUANTITIES = ("ce", "mimicry", "batch_accuracy", "logit_std", "feature_norm", "dead_features",
@@ -39,15 +40,15 @@ QUANTITIES = ("ce", "mimicry", "batch_accuracy", "logit_std", "feature_norm", "d
 
 
 def define_flags():
-    _common.define("string", "dataset", "cifar10", "Dataset (as dml_tf.train).")
-    _common.define("string", "data_dir", None, "Local copy of the dataset.")
-    _common.define("list", "nets", ["resnet32", "resnet32"], "Comma list of networks.")
-    _common.define("list", "conditions", ["dml", "independent"],
-                   "Comma list of dml / independent, each optionally with :warmup=E and :lr=X.")
-    _common.define("integer", "steps", 300, "Training steps per condition.")
-    _common.define("integer", "every", 5, "Measure every this many steps.")
-    _common.define("integer", "seed", 0, "Seed (as dml_tf.train).")
-    _common.define("string", "output_dir", None, "Where training_stability.json/.png go.")
+    cli_flags.define("string", "dataset", "cifar10", "Dataset (as dml_tf.train).")
+    cli_flags.define("string", "data_dir", None, "Local copy of the dataset.")
+    cli_flags.define("list", "nets", ["resnet32", "resnet32"], "Comma list of networks.")
+    cli_flags.define("list", "conditions", ["dml", "independent"],
+                     "Comma list of dml / independent, each optionally with :warmup=E and :lr=X.")
+    cli_flags.define("integer", "steps", 300, "Training steps per condition.")
+    cli_flags.define("integer", "every", 5, "Measure every this many steps.")
+    cli_flags.define("integer", "seed", 0, "Seed (as dml_tf.train).")
+    cli_flags.define("string", "output_dir", None, "Where training_stability.json/.png go.")
 
 
 def parse_condition(text):
