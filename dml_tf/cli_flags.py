@@ -24,14 +24,14 @@ SWEEP_SETTINGS = ("data_dir", "epochs", "steps_per_epoch", "batch_size", "learni
                   "pretrained")
 
 
-def define(kind, name, default, *args, **kwargs):
+def define(kind, name, default, *args, flag_values=FLAGS, **kwargs):
     """``flags.DEFINE_{kind}(name, default, *args)`` unless ``name`` is already defined
     in this process (then the first definition is kept); returns whether it defined it.
     The flag is registered as the main program's, so its --help lists it."""
-    if name in FLAGS:
+    if name in flag_values:
         return False
     kwargs.setdefault("module_name", sys.argv[0])
-    getattr(flags, f"DEFINE_{kind}")(name, default, *args, **kwargs)
+    getattr(flags, f"DEFINE_{kind}")(name, default, *args, flag_values=flag_values, **kwargs)
     return True
 
 
@@ -46,7 +46,7 @@ def flag_kind(field):
     return KINDS[annotation]
 
 
-def define_setting(name):
+def define_setting(name, flag_values=FLAGS):
     """The flag of the ``TrainConfig`` field ``name``: its type, default and help (its
     choices first, ``<a|b>: ...``, as absl writes an enum's). Returns whether defined."""
     field = cfg.FIELDS[name]
@@ -56,12 +56,12 @@ def define_setting(name):
     help_text = meta["help"]
     if meta["choices"]:
         help_text = f"<{'|'.join(meta['choices'])}>: {help_text}"
-    return define(kind, name, default, help_text)
+    return define(kind, name, default, help_text, flag_values=flag_values)
 
 
-def define_train_flags():
+def define_train_flags(flag_values=FLAGS):
     """``python -m dml_tf.train``: one flag per ``TrainConfig`` field. Returns the names defined."""
-    return [name for name in cfg.FIELDS if define_setting(name)]
+    return [name for name in cfg.FIELDS if define_setting(name, flag_values)]
 
 
 def config_from_flags():
