@@ -41,7 +41,8 @@ class Range:
 
     def __contains__(self, value):
         above = value >= self.low if self.closed[0] == "[" else value > self.low
-        return above and (self.high is None or (value <= self.high if self.closed[1] == "]" else value < self.high))
+        below = self.high is None or (value <= self.high if self.closed[1] == "]" else value < self.high)
+        return above and below
 
     def __str__(self):
         if self.high is None:
@@ -141,7 +142,8 @@ class TrainConfig:
     labeled_fraction: float = setting(1.0, "Fraction of training images labeled (CIFAR).", range=FRACTION)
     labeled_ids: Optional[int] = setting(None, "Labeled identities (Market-1501).", range=POSITIVE)
     semi: str = setting("all", "all: mimicry on all data (DML-all); labeled: labeled data only "
-                        "(DML-labeled; 'labelled' is accepted too).", choices=SEMI, aliases={"labelled": "labeled"})
+                        "(DML-labeled; 'labelled' is accepted too).", choices=SEMI,
+                        aliases={"labelled": "labeled"})
     strategy: str = setting("default", "tf.distribute strategy.", choices=STRATEGIES, run_only=True)
     jit_compile: bool = setting(False, "Compile the train step with XLA.", run_only=True)
     placement: str = setting("none", "none, or per_member: member k on device k mod N (Sec. 4.5).",
