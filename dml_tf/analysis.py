@@ -10,19 +10,16 @@
   (plain cross-entropy, no label smoothing, no regulariser) before and after adding
   independent Gaussian noise of std ``sigma`` to every TRAINABLE parameter (every
   draw from the original weights); the model's weights are restored at the end.
-* :func:`read_run` / :func:`unaugmented_dataset` -- a finished run folder of
-  ``dml_tf.train`` and its data without augmentation (the classification sets, and
-  Market-1501: training images for Fig. 4-style statistics, gallery for Fig. 5).
+* :func:`unaugmented_dataset` -- a run's data without augmentation (the classification
+  sets, and Market-1501: training images for Fig. 4-style statistics, gallery for Fig. 5);
+  the run folder itself is read with :mod:`dml_tf.run_dir`.
 """
-
-import os
 
 import numpy as np
 
-from dml_tf.io_utils import read_json
+from dml_tf.run_dir import load_member, read_run  # noqa: F401  (this module's public names before run_dir)
 
 TOP_K = 5
-RETRAIN_HINT = "Train the run again: python -m dml_tf.train ... --model_dir={run_dir} --overwrite."
 
 
 # --------------------------------------------------------------------------- statistics
@@ -184,73 +181,6 @@ DATASETS = CLASSIFICATION_DATASETS + (MARKET,)  # what unaugmented_dataset serve
 SPLITS = ("train", "test")
 
 
-def member_entries(results):
-    """The ``"members"`` of a results.json dict as new dicts, with the defaults filled in:
-    ``"index"`` = position in the list, ``"file"`` = ``member_{index}.keras``."""
-    members = []
-    for k, entry in enumerate(results.get("members") or []):
-        entry = dict(entry)
-        entry.setdefault("index", k)
-        entry["file"] = entry.get("file") or f"member_{entry['index']}.keras"
-        members.append(entry)
-    return members
-
-
-def read_run(run_dir):
-    """``(results dict, [member entries with "index", "file", "path"])`` of a finished
-    ``dml_tf.train`` run.
-
-    Raises ValueError (message for the user) when the folder, results.json or a
-    member file is missing.
-    """
-    if not os.path.isdir(run_dir):
-        raise ValueError(f"Run folder {run_dir} does not exist.")
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"{run_dir} holds no results.json: not a finished dml_tf.train run.")
-    results = read_json(path, RETRAIN_HINT.format(run_dir=run_dir))
-    members = member_entries(results)
-    for entry in members:
-        entry["path"] = os.path.join(run_dir, entry["file"])
-        if not os.path.isfile(entry["path"]):
-            raise ValueError(f"Member file {entry['path']} listed in {path} is missing.")
-    if not members:
-        raise ValueError(f"{path} lists no members.")
-    return results, members
-
-
-def load_member(path, flag=None):
-    """A saved member, loaded without its training configuration.
-
-    A file that is not a Keras model (not a ``.keras`` zip archive, no
-    ``config.json`` in it, or unreadable) is a ``RunFileError`` naming it
-    (as ``flag`` when given, e.g. ``"--teacher"``) and what is wrong.
-    """
-    import zipfile
-
-    import keras
-
-    import dml_tf.nets  # noqa: F401  (registers the custom layers of the paper's nets)
-    from dml_tf.errors import RunFileError
-
-    path = os.fspath(path)
-    name = f"{flag} file {path}" if flag else f"Model file {path}"
-    if not os.path.isfile(path):
-        raise RunFileError(f"{name} does not exist.")
-    if path.endswith(".keras"):
-        if not zipfile.is_zipfile(path):
-            raise RunFileError(f"{name} is not a Keras model: a .keras file is a zip archive "
-                               "(written by model.save), this one is not (damaged or another format).")
-        with zipfile.ZipFile(path) as archive:
-            if "config.json" not in archive.namelist():
-                raise RunFileError(f"{name} is not a Keras model: the archive has no config.json "
-                                   "(damaged, or not written by model.save).")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - any failure inside Keras is a bad file
-        raise RunFileError(f"{name} cannot be loaded as a Keras model: {type(e).__name__}: {e}") from None
-
-
 def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, limit=None, identities=None,
                         **market_options):
     """``split`` of a data set in stored order, WITHOUT augmentation.
@@ -261,11 +191,11 @@ def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, li
     ``market1501``: :func:`dml_tf.data.market1501.unaugmented_split` (train: the run's
     class labels; test: the gallery's real identities, labelled by person id), which
     takes ``market_options`` (image_size, labeled_ids, source, ...). ``identities``
-    and ``limit`` select images (:func:`dml_tf.data.base.select_images`).
+    and ``limit`` select images (:func:`dml_tf.data.pipeline.select_images`).
     Returns ``(tf.data.Dataset, number of images)``.
     """
     from dml_tf.data import pipeline
-    from dml_tf.data.base import select_images
+    from dml_tf.data.pipeline import select_images
 
     if dataset not in DATASETS:
         raise ValueError(f"Dataset {dataset!r} has no analysis split here; expected one of {DATASETS}.")

@@ -1,35 +1,29 @@
 """The mutual-learning cohort: K Keras models that learn together (Algorithm 1)."""
 
+import collections
 import contextlib
-import math
-import numbers
 import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from dml_tf import _keras_compat
 from dml_tf import losses as dml_losses
-from dml_tf.optimizers import CohortOptimizer, member_optimizers
+from dml_tf import placement as placement_lib
+from dml_tf.optimizers import CohortOptimizer, loss_scalers, member_optimizers, moving_statistics
 
 UPDATES = ("sequential", "simultaneous")
 MEMBER_BATCHES = ("shared", "separate")
-PLACEMENTS = (None, "per_member")
+
+# One member's forward in a step: its tape (None for a static teacher), logits,
+# features (None without feature_l2_weight) and log-probabilities (with gradient).
+_Forward = collections.namedtuple("_Forward", "tape logits features log_probs")
 
 
-def placement_devices():
-    """The logical devices ``placement="per_member"`` spreads members over: the
-    GPUs if any, else the CPUs (several when configured with
-    ``tf.config.set_logical_device_configuration``)."""
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    return [d.name for d in devices]
-
-
-def _on_device(variable, device):
-    """Whether ``variable`` lives on ``device`` (compared by its ``TYPE:index`` suffix)."""
-    suffix = device.split("device:")[-1].upper()
-    value = variable.value if isinstance(variable, keras.Variable) else variable
-    return value.device.upper().endswith(suffix)
+def _recording(tape):
+    """``tape`` as a context (a no-op for ``None``)."""
+    return contextlib.nullcontext() if tape is None else tape
 
 
 def _num_classes(member):
@@ -37,31 +31,6 @@ def _num_classes(member):
     if isinstance(shape, tuple) and shape and isinstance(shape[-1], int):
         return shape[-1]
     return None
-
-
-def _needs_loss_scaling(member):
-    """Whether ``member`` computes in float16 (``mixed_float16``), which needs loss
-    scaling; bfloat16 has float32's range and does not."""
-    policy = getattr(member, "dtype_policy", None)
-    if getattr(policy, "compute_dtype", None) == "float16":
-        return True
-    return any(getattr(layer, "compute_dtype", None) == "float16" for layer in member.layers)
-
-
-def _moving_statistics(layer, seen=None):
-    """The moving mean and variance of every BatchNormalization layer in ``layer``."""
-    seen = set() if seen is None else seen
-    if id(layer) in seen:
-        return []
-    seen.add(id(layer))
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return [layer.moving_mean, layer.moving_variance]
-    return [v for sub in getattr(layer, "layers", ()) for v in _moving_statistics(sub, seen)]
-
-
-def _is_real(value):
-    """A real number: Python or NumPy (``np.float32(0.5)``), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 _LABEL_ERROR = "dml_tf: labels must be -1 or in [0, num_classes); num_classes:"
@@ -83,21 +52,22 @@ def _label_errors():
             f"holds {found.group(2)}.") from None
 
 
-def _is_multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-        strategy.extended._in_multi_worker_mode()
-
-
 def _num_replicas():
     context = tf.distribute.get_replica_context()
     return context.num_replicas_in_sync if context is not None else 1
+
+
+def _objective_setting(name):
+    return property(lambda self: getattr(self.objective, name),
+                    doc=f"The ``{name}`` of the cohort's ``objective``.")
 
 
 @keras.saving.register_keras_serializable(package="dml_tf")
 class MutualLearningModel(keras.Model):
     """A cohort of K networks trained by Deep Mutual Learning (Zhang et al., 2018).
 
-    Member k minimises its own loss (Eq. 10)::
+    Member k minimizes its own loss (Eq. 10), ``objective``
+    (:class:`dml_tf.losses.MemberObjective`)::
 
         L_k = CE(y, p_k) + mimicry_weight * mimicry_k + sum(member_k.losses)
 
@@ -114,28 +84,19 @@ class MutualLearningModel(keras.Model):
         predictions of the earlier ones) or ``"simultaneous"`` (Sec. 4.5: every
         member's gradient comes from the same initial predictions, all applied
         together).
-      mimicry: ``"kl"`` (Eq. 10), ``"js"`` (symmetric, Eq. 7) or ``"ensemble"``
-        (DML_e, Eq. 11).
-      mimicry_weight: weight of the mimicry term; 0 gives independent training.
-      peer_reduction: ``"mean"`` (the 1/(K-1) of Eq. 10) or ``"sum"`` (the
-        original code's plain sum over peers).
-      label_smoothing: label smoothing of the cross-entropy (the original re-id
-        scripts use 0.1).
-      entropy_weight: confidence penalty ``- w * H(p_k)`` (Table 5 "Independent,
-        Entropy"); 0 disables it.
-      feature_l2_weight: weight of an L2 loss between member k's and its peers'
-        ``feature_layer`` outputs (Table 5 "DML, L2"); 0 disables it.
+      mimicry, mimicry_weight, peer_reduction, label_smoothing, entropy_weight,
+        feature_l2_weight: the terms of member k's loss, as in
+        :class:`dml_tf.losses.MemberObjective` (the original re-id scripts smooth
+        labels by 0.1).
       feature_layer: name of the members' feature layer for ``feature_l2_weight``.
-      placement: ``None`` (every member where TensorFlow puts it; data parallelism
+      placement: ``"none"`` (every member where TensorFlow puts it; data parallelism
         via a ``tf.distribute`` strategy) or ``"per_member"`` (model parallelism:
         member k's variables, forward, gradient and update on logical device
         ``k mod N`` of the N GPUs, or CPUs when there is no GPU; see
-        ``placement_devices``). Variables are created when a member is built, so a
-        member whose variables are elsewhere is cloned onto its device at
-        construction (``keras.models.clone_model`` under ``tf.device``, weights
-        copied): the cohort's ``members`` are then the clones, not the models
-        passed in. Optimizer slots are colocated with their variables. Not
-        combinable with a multi-replica strategy.
+        :mod:`dml_tf.placement`). A member whose variables are elsewhere is cloned
+        onto its device at construction: the cohort's ``members`` are then the
+        clones, not the models passed in. Optimizer slots are colocated with their
+        variables. Not combinable with a multi-replica strategy.
       member_batches: ``"shared"`` (the paper: every member trains on the same
         mini-batch) or ``"separate"`` (the original code, whose K train ops each
         dequeue their own batch): a batch of n images is cut into K chunks of
@@ -145,7 +106,7 @@ class MutualLearningModel(keras.Model):
         ``update="sequential"`` the peers before k are already updated. Feed K times
         the per-member batch size.
 
-    Labels equal to -1 mark unlabelled samples (Sec. 3.4): they count in the
+    Labels equal to -1 mark unlabeled samples (Sec. 3.4): they count in the
     mimicry term but not in the cross-entropy.
     """
 
@@ -160,7 +121,7 @@ class MutualLearningModel(keras.Model):
         entropy_weight=0.0,
         feature_l2_weight=0.0,
         feature_layer="features",
-        placement=None,
+        placement="none",
         member_batches="shared",
         name="mutual_learning",
         **kwargs,
@@ -172,53 +133,31 @@ class MutualLearningModel(keras.Model):
         if member_batches not in MEMBER_BATCHES:
             raise ValueError(f"Unknown member_batches {member_batches!r}; expected one of "
                              f"{MEMBER_BATCHES}.")
-        if mimicry not in dml_losses.MIMICRY_MODES:
-            raise ValueError(
-                f"Unknown mimicry {mimicry!r}; expected one of {dml_losses.MIMICRY_MODES}."
-            )
-        if peer_reduction not in dml_losses.PEER_REDUCTIONS:
-            raise ValueError(
-                f"Unknown peer_reduction {peer_reduction!r}; expected one of "
-                f"{dml_losses.PEER_REDUCTIONS}."
-            )
-        for arg, value in (
-            ("mimicry_weight", mimicry_weight),
-            ("entropy_weight", entropy_weight),
-            ("feature_l2_weight", feature_l2_weight),
-        ):
-            if not _is_real(value) or not value >= 0 or not math.isfinite(value):
-                raise ValueError(f"`{arg}` must be a finite number >= 0; got {value!r}.")
-        if not _is_real(label_smoothing) or not 0 <= label_smoothing < 1:
-            raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
-
-        if placement not in PLACEMENTS:
-            raise ValueError(f"Unknown placement {placement!r}; expected one of {PLACEMENTS}.")
-        if placement is not None and tf.distribute.has_strategy() and \
-                tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            raise ValueError(
-                "placement='per_member' places members on devices itself; it cannot be "
-                "combined with a multi-replica tf.distribute strategy.")
+        self.objective = dml_losses.MemberObjective(
+            mimicry=mimicry, mimicry_weight=mimicry_weight, peer_reduction=peer_reduction,
+            label_smoothing=label_smoothing, entropy_weight=entropy_weight,
+            feature_l2_weight=feature_l2_weight)
+        placement_lib.check_placement(placement)
 
         self.placement = placement
-        self._devices = None
-        if placement == "per_member":
-            devices = placement_devices()
-            self._devices = [devices[k % len(devices)] for k in range(len(members))]
-            members = [self._place(m, d) for m, d in zip(members, self._devices)]
+        self._devices = placement_lib.member_devices(placement, len(members))
+        if self._devices:
+            members = [placement_lib.place(m, d) for m, d in zip(members, self._devices)]
         self.members = list(members)
         self.update = update
         self.member_batches = member_batches
-        self.mimicry = mimicry
-        self.mimicry_weight = float(mimicry_weight)
-        self.peer_reduction = peer_reduction
-        self.label_smoothing = float(label_smoothing)
-        self.entropy_weight = float(entropy_weight)
-        self.feature_l2_weight = float(feature_l2_weight)
         self.feature_layer = feature_layer
         self._feature_models = self._make_feature_models() if feature_l2_weight else None
         self._make_trackers()
         if all(m.built for m in self.members):
             self.built = True
+
+    mimicry = _objective_setting("mimicry")
+    mimicry_weight = _objective_setting("mimicry_weight")
+    peer_reduction = _objective_setting("peer_reduction")
+    label_smoothing = _objective_setting("label_smoothing")
+    entropy_weight = _objective_setting("entropy_weight")
+    feature_l2_weight = _objective_setting("feature_l2_weight")
 
     # ------------------------------------------------------------------ set-up
 
@@ -243,28 +182,13 @@ class MutualLearningModel(keras.Model):
                 + ", ".join(f"{m.name}: {c}" for m, c in zip(members, classes))
                 + "."
             )
-
-    @staticmethod
-    def _place(member, device):
-        """``member`` if its variables live on ``device``, else a clone built there."""
-        if member.built and all(_on_device(v, device) for v in member.variables):
-            return member
-        with tf.device(device):
-            clone = keras.models.clone_model(member)
-            if not clone.built and member.built:
-                clone.build(member.input_shape)
-        clone.set_weights(member.get_weights())
-        clone.trainable = member.trainable
-        return clone
-
     def member_device(self, k):
         """The device of member ``k`` (``None`` without placement)."""
         return self._devices[k] if self._devices else None
 
     def _on(self, k):
         """A ``tf.device`` scope for member k's work (a no-op without placement)."""
-        device = self.member_device(k)
-        return tf.device(device) if device else contextlib.nullcontext()
+        return placement_lib.device_scope(self.member_device(k))
 
     def _make_feature_models(self):
         feature_models = []
@@ -344,14 +268,7 @@ class MutualLearningModel(keras.Model):
                 )
             kwargs.pop(unsupported, None)
         self._member_optimizers = member_optimizers(optimizer, self.members)
-        # float16 members need loss scaling; MultiOptimizer refuses LossScaleOptimizer
-        # children, so the scalers wrap the member optimizers outside the
-        # CohortOptimizer (which still builds, saves and restores the inner ones).
-        self._loss_scalers = [
-            keras.optimizers.LossScaleOptimizer(o, name=f"loss_scale_{k}")
-            if _needs_loss_scaling(m) else None
-            for k, (m, o) in enumerate(zip(self.members, self._member_optimizers))
-        ]
+        self._loss_scalers = loss_scalers(self._member_optimizers, self.members)
         cohort_optimizer = CohortOptimizer(
             self._member_optimizers, self._member_index_of,
             statistics=self._moving_statistics if ema_batch_norm else None)
@@ -376,7 +293,7 @@ class MutualLearningModel(keras.Model):
 
     def _moving_statistics(self, k):
         """Member k's batch-norm moving means and variances (none for a static teacher)."""
-        return _moving_statistics(self.members[k]) if self._is_learner(k) else []
+        return moving_statistics(self.members[k]) if self._is_learner(k) else []
 
     def get_compile_config(self):
         return dict(getattr(self, "_dml_compile_config", {}))
@@ -393,24 +310,36 @@ class MutualLearningModel(keras.Model):
     def _build_optimizer(self):
         """Builds the cohort optimizer; under placement, each member's slots are
         created on the member's device first."""
-        if self._devices:
-            for k, optimizer in enumerate(self._member_optimizers):
-                variables = self.members[k].trainable_variables
-                if variables and not optimizer.built:
-                    with tf.init_scope(), tf.device(self._devices[k]):
-                        optimizer.build(variables)
+        placement_lib.build_member_optimizers(self._member_optimizers, self.members, self._devices)
         self.optimizer.build(self.trainable_variables)
         for k, scaler in enumerate(getattr(self, "_loss_scalers", ())):
             if scaler is not None and not scaler.built:
                 with tf.init_scope(), self._on(k):
                     scaler.build(self.members[k].trainable_variables)
 
-    def _apply(self, k, gradients, variables):
+    def _build_optimizer_once(self):
+        """Builds the optimizer at trace time of the first step, once the members exist."""
+        if not self.optimizer.built:
+            self._build_optimizer()
+
+    def _gradients(self, k, tape, loss):
+        """Member k's gradients of ``loss`` recorded on ``tape``. The loss is divided by
+        the number of replicas (Keras sums their gradients) and, under float16,
+        multiplied by the member's loss scale (its scaler unscales the gradients)."""
+        with self._on(k):
+            with tape:
+                scaled = loss * (1.0 / _num_replicas())
+                if self._loss_scalers[k] is not None:
+                    scaled = self._loss_scalers[k].scale_loss(scaled)
+            return tape.gradient(scaled, self.members[k].trainable_variables)
+
+    def _apply(self, k, gradients):
         """Member k's update (through its loss scaler under float16: unscaled,
         skipped when not finite, the scale adapted), then its statistics' average."""
-        scaler = self._loss_scalers[k]
-        (scaler or self._member_optimizers[k]).apply(gradients, variables)
-        self.optimizer.update_statistics_average(k)
+        with self._on(k):
+            scaler = self._loss_scalers[k]
+            (scaler or self._member_optimizers[k]).apply(gradients, self.members[k].trainable_variables)
+            self.optimizer.update_statistics_average(k)
 
     # ----------------------------------------------------------------- forward
 
@@ -420,6 +349,15 @@ class MutualLearningModel(keras.Model):
             logits, features = self._feature_models[k](x, training=training)
             return logits, features
         return self.members[k](x, training=training), None
+
+    def _taped_forward(self, k, x):
+        """Member k's forward on its device: in training mode on a fresh tape, or, for a
+        static teacher, in inference mode and untaped."""
+        learner = self._is_learner(k)
+        tape = tf.GradientTape() if learner else None
+        with self._on(k), _recording(tape):
+            logits, features = self._forward(k, x, training=learner)
+            return _Forward(tape, logits, features, dml_losses.log_probabilities(logits))
 
     def _refresh(self, k, x):
         """Member k's training-mode forward with its NEW weights, leaving batch-norm
@@ -435,6 +373,22 @@ class MutualLearningModel(keras.Model):
             return outputs[0], outputs[1]
         return outputs, None
 
+    def _target(self, k, x):
+        """Member k's current predictions on ``x`` as its peers' targets: stopped
+        (log-probabilities, features or None), from :meth:`_refresh` (a static teacher:
+        its inference-mode forward)."""
+        with self._on(k):
+            logits, features = (self._refresh(k, x) if self._is_learner(k)
+                                else self._forward(k, x, training=False))
+            return (tf.stop_gradient(dml_losses.log_probabilities(logits)),
+                    None if features is None else tf.stop_gradient(features))
+
+    def _later_learner_reads(self, k):
+        """Whether a member updated after member k reads member k's predictions."""
+        return self.objective.reads_peers and any(
+            self._is_learner(j) for j in range(k + 1, self.num_members))
+
+
     def call(self, inputs, training=False):
         """Per-member class probabilities, shape (K, batch, classes)."""
         return tf.stack(
@@ -445,11 +399,11 @@ class MutualLearningModel(keras.Model):
     # ------------------------------------------------------------------ losses
 
     def member_loss(self, k, labels, logits, log_probs, features=None, own_log_probs=None):
-        """Member k's loss terms given the cohort's current targets.
+        """Member k's loss terms (``objective``) given the cohort's current targets.
 
         Args:
           k: member index.
-          labels: integer labels, -1 for unlabelled.
+          labels: integer labels, -1 for unlabeled.
           logits: member k's logits (with gradient).
           log_probs: list of the K members' log-probabilities used as targets
             (entry k is ignored).
@@ -458,24 +412,20 @@ class MutualLearningModel(keras.Model):
             gradient); computed from ``logits`` otherwise.
 
         Returns:
-          dict with ``loss`` (the total minimised), ``ce`` and ``mimicry``.
+          dict with ``loss`` (the total minimized), ``ce`` and ``mimicry``.
         """
         own = dml_losses.log_probabilities(logits) if own_log_probs is None else own_log_probs
         peers = [tf.stop_gradient(lp) for i, lp in enumerate(log_probs) if i != k]
-        ce = dml_losses.cross_entropy(labels, own, self.label_smoothing)
-        mimicry = dml_losses.mimicry_loss(own, peers, self.mimicry, self.peer_reduction)
-        total = ce + self.mimicry_weight * mimicry
-        if self.entropy_weight:
-            total -= self.entropy_weight * tf.reduce_mean(dml_losses.entropy(own))
+        own_features, peer_features = None, ()
         if self.feature_l2_weight:
+            own_features = features[k]
             peer_features = [tf.stop_gradient(f) for i, f in enumerate(features) if i != k]
-            total += self.feature_l2_weight * dml_losses.feature_l2_loss(
-                features[k], peer_features, self.peer_reduction
-            )
-        regularization = self.members[k].losses
-        if regularization:
-            total += tf.add_n([tf.cast(r, tf.float32) for r in regularization])
-        return {"loss": total, "ce": ce, "mimicry": mimicry}
+        return self.objective(labels, own, peers, own_features, peer_features, self.members[k].losses)
+
+    def _loss_terms(self, k, labels, forward, targets, features):
+        """Member k's loss terms on its device, recorded on its tape."""
+        with self._on(k), _recording(forward.tape):
+            return self.member_loss(k, labels, forward.logits, targets, features, forward.log_probs)
 
     def _update_member_metrics(self, k, terms, labels, log_probs):
         # Batch means weighted by batch size: epoch values are per-sample means.
@@ -485,13 +435,19 @@ class MutualLearningModel(keras.Model):
             if f"{key}_{k}" in trackers:
                 trackers[f"{key}_{k}"].update_state(terms[key], sample_weight=batch)
         trackers[f"accuracy_{k}"].update_state(
-            tf.maximum(labels, 0), log_probs, sample_weight=dml_losses.labelled_mask(labels)
-        )
+            tf.maximum(labels, 0), tf.stop_gradient(log_probs),
+            sample_weight=dml_losses.labeled_mask(labels))
+
+    def _end_step(self, total, batch):
+        """Counts the iteration and logs the cohort's summed loss (a per-sample mean)."""
+        self.optimizer.iterations.assign_add(1)
+        self._loss_tracker_total.update_state(total, sample_weight=batch)
+        return self._results(include_ensemble=False)
 
     @staticmethod
     def _labels(y, logits=None, num_classes=None):
         """Integer labels of a batch, checked against ``num_classes`` (or the number of
-        classes of ``logits``): -1 (unlabelled) or in [0, classes). Any other label (which
+        classes of ``logits``): -1 (unlabeled) or in [0, classes). Any other label (which
         the cross-entropy would silently score 0 or drop) fails the step; ``fit`` and
         ``evaluate`` turn that into a ``ValueError`` (:func:`_label_errors`)."""
         if y is None:
@@ -516,79 +472,44 @@ class MutualLearningModel(keras.Model):
 
     # ------------------------------------------------------------------- steps
 
+    # ------------------------------------------------------------------- steps
+
     def train_step(self, data):
         """One DML iteration on one batch (Algorithm 1, extended to K members)."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         if self.member_batches == "separate":
-            return self._separate_batches_step(x, self._labels(y, num_classes=_num_classes(self.members[0])))
-        n = self.num_members
-        scale = 1.0 / _num_replicas()
-
-        # One training-mode forward per member, recorded on the member's own tape
-        # (this is also the forward its gradient uses: its weights do not change
-        # before its own update). Static teachers run in inference mode.
-        # Each member's log-probabilities are computed once: with gradient for its
-        # own loss and metrics, and (stopped) as its peers' targets.
-        tapes, logits, features, own = [None] * n, [None] * n, [None] * n, [None] * n
-        for k in range(n):
-            with self._on(k):
-                if self._is_learner(k):
-                    tapes[k] = tf.GradientTape()
-                    with tapes[k]:
-                        logits[k], features[k] = self._forward(k, x, training=True)
-                        own[k] = dml_losses.log_probabilities(logits[k])
-                else:
-                    logits[k], features[k] = self._forward(k, x, training=False)
-                    own[k] = dml_losses.log_probabilities(logits[k])
-        labels = self._labels(y, logits[0])  # checked before any update
-        if not self.optimizer.built:  # at trace time, once the members exist
-            self._build_optimizer()
-        targets = [tf.stop_gradient(lp) for lp in own]
-        target_features = list(features)
-        trainable = [k for k in range(n) if self._is_learner(k)]
-        # Later members read member k's new predictions only through the peer terms.
-        refresh = self.trains_mimicry or bool(self.feature_l2_weight)
-
+            return self._separate_batches_step(x, y)
+        # One forward per member, also the forward of its own gradient (its weights do
+        # not change before its update); its peers read stopped copies as targets.
+        forwards = [self._taped_forward(k, x) for k in range(self.num_members)]
+        labels = self._labels(y, forwards[0].logits)  # checked before any update
+        self._build_optimizer_once()
+        targets = [tf.stop_gradient(f.log_probs) for f in forwards]
+        features = [f.features for f in forwards]
         pending, total = [], 0.0
-        for k in range(n):
-            with self._on(k):
-                if tapes[k] is None:
-                    terms = self.member_loss(k, labels, logits[k], targets, target_features, own[k])
-                else:
-                    with tapes[k]:
-                        terms = self.member_loss(
-                            k, labels, logits[k], targets, target_features, own[k])
-                        scaled = terms["loss"] * scale
-                        if self._loss_scalers[k] is not None:
-                            scaled = self._loss_scalers[k].scale_loss(scaled)
-                    variables = self.members[k].trainable_variables
-                    gradients = tapes[k].gradient(scaled, variables)
-                    if self.update == "sequential":
-                        self._apply(k, gradients, variables)
-                        if refresh and any(j > k for j in trainable):
-                            new_logits, new_features = self._refresh(k, x)
-                            targets[k] = tf.stop_gradient(dml_losses.log_probabilities(new_logits))
-                            if new_features is not None:
-                                target_features[k] = tf.stop_gradient(new_features)
-                    else:
-                        pending.append((k, gradients, variables))
-            self._update_member_metrics(k, terms, labels, tf.stop_gradient(own[k]))
+        for k, forward in enumerate(forwards):
+            terms = self._loss_terms(k, labels, forward, targets, features)
+            if forward.tape is not None:  # a learner (a static teacher is never updated)
+                gradients = self._gradients(k, forward.tape, terms["loss"])
+                if self.update == "simultaneous":
+                    pending.append((k, gradients))
+                else:  # sequential: the later members mimic member k's new predictions
+                    self._apply(k, gradients)
+                    if self._later_learner_reads(k):
+                        targets[k], features[k] = self._target(k, x)
+            self._update_member_metrics(k, terms, labels, forward.log_probs)
             total += terms["loss"]
-        for k, gradients, variables in pending:
-            with self._on(k):
-                self._apply(k, gradients, variables)
-        self.optimizer.iterations.assign_add(1)
-        self._loss_tracker_total.update_state(total, sample_weight=tf.shape(labels)[0])
-        return self._results(include_ensemble=False)
+        for k, gradients in pending:
+            self._apply(k, gradients)
+        return self._end_step(total, tf.shape(labels)[0])
 
-    def _separate_batches_step(self, x, labels):
+    def _separate_batches_step(self, x, y):
         """One iteration of the original code (``member_batches="separate"``): member k
         trains on chunk k of the batch; its peers predict chunk k with their current
         weights, in training mode, leaving their moving statistics untouched."""
+        labels = self._labels(y, num_classes=_num_classes(self.members[0]))
         n = self.num_members
-        scale = 1.0 / _num_replicas()
-        if not self.optimizer.built:
-            self._build_optimizer()
+        self._build_optimizer_once()
         size = tf.shape(labels)[0]
         chunk = (size + n - 1) // n
         pending, total = [], 0.0
@@ -598,35 +519,21 @@ class MutualLearningModel(keras.Model):
             targets, features = [None] * n, [None] * n
             for j in range(n):
                 if j != k:
-                    with self._on(j):
-                        logits, feats = (self._refresh(j, xk) if self._is_learner(j)
-                                         else self._forward(j, xk, training=False))
-                    targets[j] = tf.stop_gradient(dml_losses.log_probabilities(logits))
-                    features[j] = None if feats is None else tf.stop_gradient(feats)
-            with self._on(k):
-                tape = tf.GradientTape() if self._is_learner(k) else contextlib.nullcontext()
-                with tape:
-                    logits, features[k] = self._forward(k, xk, training=self._is_learner(k))
-                    own = dml_losses.log_probabilities(logits)
-                    terms = self.member_loss(k, yk, logits, targets, features, own)
-                    scaled = terms["loss"] * scale
-                    if self._loss_scalers[k] is not None:
-                        scaled = self._loss_scalers[k].scale_loss(scaled)
-                if self._is_learner(k):
-                    variables = self.members[k].trainable_variables
-                    gradients = tape.gradient(scaled, variables)
-                    if self.update == "sequential":
-                        self._apply(k, gradients, variables)
-                    else:
-                        pending.append((k, gradients, variables))
-            self._update_member_metrics(k, terms, yk, tf.stop_gradient(own))
+                    targets[j], features[j] = self._target(j, xk)
+            forward = self._taped_forward(k, xk)
+            features[k] = forward.features
+            terms = self._loss_terms(k, yk, forward, targets, features)
+            if forward.tape is not None:
+                gradients = self._gradients(k, forward.tape, terms["loss"])
+                if self.update == "simultaneous":
+                    pending.append((k, gradients))
+                else:
+                    self._apply(k, gradients)
+            self._update_member_metrics(k, terms, yk, forward.log_probs)
             total += terms["loss"]
-        for k, gradients, variables in pending:
-            with self._on(k):
-                self._apply(k, gradients, variables)
-        self.optimizer.iterations.assign_add(1)
-        self._loss_tracker_total.update_state(total, sample_weight=chunk)
-        return self._results(include_ensemble=False)
+        for k, gradients in pending:
+            self._apply(k, gradients)
+        return self._end_step(total, chunk)
 
     def test_step(self, data):
         """Per-member loss, cross-entropy, mimicry and accuracy in inference mode, and
@@ -648,7 +555,7 @@ class MutualLearningModel(keras.Model):
         self._loss_tracker_total.update_state(total, sample_weight=tf.shape(labels)[0])
         mean_probs = tf.add_n([tf.exp(lp) for lp in log_probs]) / float(n)
         self._ensemble_tracker.update_state(
-            tf.maximum(labels, 0), mean_probs, sample_weight=dml_losses.labelled_mask(labels)
+            tf.maximum(labels, 0), mean_probs, sample_weight=dml_losses.labeled_mask(labels)
         )
         return self._results(include_ensemble=True)
 
@@ -658,21 +565,10 @@ class MutualLearningModel(keras.Model):
             results.update({name: t.result() for name, t in trackers.items()})
         if include_ensemble:
             results["ensemble_accuracy"] = self._ensemble_tracker.result()
-        if _is_multi_worker(self.distribute_strategy):
-            # Keras 3.15 reduces multi-worker logs with strategy.reduce("MEAN", v,
-            # axis=0), which rejects scalars: give it shape-[1] values (the mean over
-            # workers of these synchronised values is again a scalar).
-            results = {k: tf.reshape(v, [1]) for k, v in results.items()}
-        return results
+        return _keras_compat.multi_worker_logs(results, self.distribute_strategy)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and _is_multi_worker(self.distribute_strategy):
-            # Keras 3.15's symbolic build eagerly reduces the first distributed batch
-            # (strategy.reduce("MEAN", PerReplica)), which fails under
-            # MultiWorkerMirroredStrategy. The cohort needs only its optimizer built.
-            if self.built:
-                with self.distribute_strategy.scope():
-                    self._build_optimizer()
+        if _keras_compat.skip_symbolic_build(self, iterator):
             return None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
@@ -692,12 +588,7 @@ class MutualLearningModel(keras.Model):
         config.update({
             "members": [keras.saving.serialize_keras_object(m) for m in self.members],
             "update": self.update,
-            "mimicry": self.mimicry,
-            "mimicry_weight": self.mimicry_weight,
-            "peer_reduction": self.peer_reduction,
-            "label_smoothing": self.label_smoothing,
-            "entropy_weight": self.entropy_weight,
-            "feature_l2_weight": self.feature_l2_weight,
+            **self.objective.get_config(),
             "feature_layer": self.feature_layer,
             "placement": self.placement,
             "member_batches": self.member_batches,
@@ -707,12 +598,9 @@ class MutualLearningModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        devices = placement_devices() if config.get("placement") else None
-        members = []
-        for k, member in enumerate(config["members"]):
-            # Under placement, build each member on its device (no clone needed).
-            with tf.device(devices[k % len(devices)]) if devices else contextlib.nullcontext():
-                members.append(
-                    keras.saving.deserialize_keras_object(member, custom_objects=custom_objects))
-        config["members"] = members
+        if config.get("placement") is None:  # saved when "none" was spelled None
+            config["placement"] = "none"
+        # Under placement, each member is built on its device (no clone needed).
+        config["members"] = placement_lib.deserialize_members(
+            config["members"], config["placement"], custom_objects)
         return cls(**config)

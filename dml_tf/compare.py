@@ -26,17 +26,18 @@ ensemble solid, members dashed), atomically.
 """
 
 import io
-import json
 import math
 import os
 
 import numpy as np
 from absl import app, flags
 
+from dml_tf import run_dir as run_folder
+from dml_tf.errors import RunFileError
 from dml_tf.io_utils import atomic_savefig, atomic_write_bytes, atomic_write_json
 
 FLAGS = flags.FLAGS
-PREDICTIONS_FILE = "test_predictions.npz"
+PREDICTIONS_FILE = run_folder.PREDICTIONS_FILE
 SIGNIFICANCE = 0.05
 
 
@@ -89,21 +90,14 @@ def read_run(run_dir):
     "predictions"}``; ``rows``: ``{"member k": {"net", "accuracy", "correct"}, "ensemble":
     ...}``; ``curves``: the same keys, per-epoch test accuracy ``(epochs, values)``.
     UsageError when the folder is not a finished dml_tf.train run."""
-    from dml_tf import analysis
-
-    path = os.path.join(run_dir, "results.json")
-    if not os.path.isdir(run_dir):
-        raise app.UsageError(f"Run folder {run_dir} does not exist.")
-    if not os.path.isfile(path):
-        raise app.UsageError(f"{run_dir} holds no results.json: not a finished dml_tf.train run.")
     try:
-        with open(path) as f:
-            results = json.load(f)
-    except ValueError as e:
-        raise app.UsageError(f"{path} is not valid JSON ({e}).") from None
-    members = analysis.member_entries(results) if isinstance(results, dict) else []
+        results = run_folder.read_results(run_dir)
+    except RunFileError as e:
+        raise app.UsageError(str(e)) from None
+    members = run_folder.member_entries(results)
     if not members:
-        raise app.UsageError(f"{path} lists no members: not a results.json of dml_tf.train.")
+        raise app.UsageError(f"{run_folder.results_path(run_dir)} lists no members: "
+                             "not a results.json of dml_tf.train.")
     config = results.get("config") or {}
     test_size = (results.get("dataset") or {}).get("test_size") or None
     predictions = None

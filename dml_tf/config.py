@@ -17,6 +17,7 @@ from dml_tf import nets as dml_nets
 from dml_tf.cohort import MEMBER_BATCHES, UPDATES
 from dml_tf.losses import MIMICRY_MODES, PEER_REDUCTIONS
 from dml_tf.paper import DATASET_DEFAULTS
+from dml_tf.placement import PLACEMENTS
 
 MODES = ("dml", "independent", "distill")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
@@ -24,7 +25,6 @@ LR_SCHEDULES = ("constant", "step", "exponential")
 SEMI = ("all", "labeled")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-PLACEMENTS = ("none", "per_member")
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ divisible by the number of replicas. tests/test_distribute.py checks the equalit
 two logical CPUs, for both update orders.
 
 Model parallelism is separate: MutualLearningModel(placement="per_member") puts member
-k on device k mod N (see dml_tf.cohort.placement_devices); it is used with the
+k on device k mod N (see dml_tf.placement.placement_devices); it is used with the
 default strategy only.
 """
 

@@ -3,9 +3,9 @@ r"""Re-id evaluation of a trained cohort on Market-1501 (Table 3-5, Fig. 3).
     python -m dml_tf.evaluate --dataset=market1501 --data_dir=.../Market-1501-v15.09.15 \
         --model_dir=runs/market1501_mobilenet_dml [--mq_pool=mean --ap_mode=market1501]
 
-Reads ``results.json`` of the run (``"members": [{"index", "net", "file"}]``, and
-``"config"`` or ``"flags"`` for the run's data_dir / image_size; without it, the
-``member_{k}.keras`` files found), loads every member, and extracts the output of
+Reads ``results.json`` of the run (``"members": [{"index", "net", "file"}]``, and its
+``"config"`` for the run's data_dir / image_size; without it, the ``member_{k}.keras``
+files found; :mod:`dml_tf.run_dir`), loads every member, and extracts the output of
 its layer ``features`` (global average pooling, TF-slim's 'PreLogits') for ``query``,
 ``bounding_box_test`` and ``gt_bbox``. It then scores:
 
@@ -18,7 +18,7 @@ its layer ``features`` (global average pooling, TF-slim's 'PreLogits') for ``que
   evaluation).
 
 As the Market-1501 MATLAB kit does when it loads feature matrices, every image's feature
-vector (a member's, or a concatenation) is L2-normalised before pooling and Euclidean
+vector (a member's, or a concatenation) is L2-normalized before pooling and Euclidean
 matching (``--nol2_normalize`` to match raw features). Writes into ``--output_dir``
 (default: the model dir) ``features_member{k}.npz`` (raw features, ids, cams, file names
 per split), ``eval.json`` (mAP and rank-1/5/10/20 as fractions) and ``cmc.png``, and
@@ -31,15 +31,14 @@ module defines none; names ``dml_tf.train`` already defined are reused).
 
 import io
 import os
-import re
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-from dml_tf.analysis import RETRAIN_HINT, load_member, member_entries
+from dml_tf import run_dir
 from dml_tf.errors import RunFileError
-from dml_tf.io_utils import atomic_write_bytes, atomic_write_json, read_json
+from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
 
 FLAGS = flags.FLAGS
 SPLITS = ("query", "gallery", "gt_bbox")
@@ -58,7 +57,9 @@ def define_flags():
 # Run folder.
 # --------------------------------------------------------------------------------------
 def read_members(model_dir):
-    """``(members, run_flags)`` of a training run: members as ``[{"index", "net", "file"}]``.
+    """``(members, run_config)`` of a training run: members as ``[{"index", "net", "file",
+    "path"}]`` (those results.json lists, else the member files found), and the run's
+    ``config`` (``{}`` without results.json).
 
     Raises ``app.UsageError`` for a missing folder, missing member files or no members.
     """
@@ -66,31 +67,23 @@ def read_members(model_dir):
         raise app.UsageError("--model_dir is required: the training run's folder (results.json, member_*.keras).")
     if not os.path.isdir(model_dir):
         raise app.UsageError(f"--model_dir={model_dir} does not exist.")
-    results_path = os.path.join(model_dir, "results.json")
-    run_flags = {}
-    if os.path.isfile(results_path):
+    results = None
+    if run_dir.is_finished(model_dir):
         try:
-            results = read_json(results_path, RETRAIN_HINT.format(run_dir=model_dir))
+            results = run_dir.read_results(model_dir)
         except RunFileError as error:
             raise app.UsageError(str(error)) from None
-        run_flags = results.get("flags") or results.get("config") or {}
-        members = member_entries(results)
-    else:
-        members = []
-        for name in sorted(os.listdir(model_dir)):
-            match = re.fullmatch(r"member_(\d+)\.keras", name)
-            if match:
-                members.append({"index": int(match.group(1)), "net": None, "file": name})
-        members.sort(key=lambda m: m["index"])
+    members = run_dir.list_members(model_dir, results)
     if not members:
         raise app.UsageError(
             f"No member files in --model_dir={model_dir}: expected results.json listing members "
             "and member_{k}.keras files written by python -m dml_tf.train."
         )
-    missing = [m["file"] for m in members if not os.path.isfile(os.path.join(model_dir, m["file"]))]
+    missing = [m["file"] for m in members if not os.path.isfile(m["path"])]
     if missing:
-        raise app.UsageError(f"Member file(s) {missing} listed in {results_path} are missing from {model_dir}.")
-    return members, run_flags
+        raise app.UsageError(f"Member file(s) {missing} listed in {run_dir.results_path(model_dir)} "
+                             f"are missing from {model_dir}.")
+    return members, (results or {}).get("config") or {}
 
 
 def _input_size(model):
@@ -127,9 +120,9 @@ def score_features(features, splits, mq_pool="mean", ap_mode="market1501", metri
     results, CMC arrays included).
     """
     from dml_tf.reid import evaluate, pool_multi_query
-    from dml_tf.reid.metrics import l2_normalise
+    from dml_tf.reid.metrics import l2_normalize as normalize
 
-    feats = {s: (l2_normalise(f) if l2_normalize else f) for s, f in features.items()}
+    feats = {s: (normalize(f) if l2_normalize else f) for s, f in features.items()}
     q, g = splits["query"], splits["gallery"]
     common = dict(ap_mode=ap_mode, metric=metric)
     out = {"single_query": evaluate(feats["query"], feats["gallery"], q.ids, q.cams, g.ids, g.cams, **common)}
@@ -156,6 +149,106 @@ def _mean_of(summaries):
     return {k: float(np.mean([s[k] for s in summaries])) for k in keys}
 
 
+def _load_models(members, image_size=None, run_image_size=None):
+    """``(models, image size)``: each member loaded, and the input size they share
+    (``image_size``, else the first member's, else the run's ``run_image_size``)."""
+    from dml_tf.data.market1501 import parse_image_size
+
+    models = []
+    for member in members:
+        try:
+            models.append(run_dir.load_member(member["path"]))  # registers dml_tf.nets' custom layers first
+        except RunFileError as error:
+            raise app.UsageError(str(error)) from None
+    sizes = [_input_size(model) for model in models]
+    if image_size is None or len(image_size) == 0:
+        image_size = sizes[0] or parse_image_size(run_image_size)
+    image_size = parse_image_size(image_size)
+    for member, size in zip(members, sizes):
+        if size is not None and size != image_size:
+            raise app.UsageError(
+                f"--image_size={image_size[0]},{image_size[1]} but {member['file']} takes "
+                f"{size[0]}x{size[1]} images."
+            )
+    return models, image_size
+
+
+def _load_splits(data_dir, batch_size, image_size, source, tfrecord_dir):
+    """``(bundle, {split: evaluation split})`` of Market-1501; UsageError when nothing can be scored."""
+    from dml_tf import data
+    from dml_tf.errors import DataError
+
+    try:
+        bundle = data.load("market1501", data_dir=data_dir, batch_size=batch_size, image_size=image_size,
+                           source=source, tfrecord_dir=tfrecord_dir)
+    except DataError as error:
+        raise app.UsageError(str(error)) from error
+    splits = {s: bundle.extras[s] for s in SPLITS if s in bundle.extras}
+    if not matchable_queries(splits["query"], splits["gallery"]):
+        raise app.UsageError(
+            f"None of the {len(splits['query'])} queries in {splits['query'].folder} has a true match in "
+            f"the gallery {splits['gallery'].folder} (the same person id from another camera): there is "
+            "nothing to score. Check that --data_dir holds the query and bounding_box_test folders of "
+            "one Market-1501 set."
+        )
+    if "gt_bbox" not in splits:
+        logging.warning("No gt_bbox split: multi-query results are left out.")
+    return bundle, splits
+
+
+def _extract(member, model, splits, output_dir, verbose):
+    """``{split: features}`` of one member, also saved as ``features_member{k}.npz``."""
+    from dml_tf.reid import extract_features
+    from dml_tf.reid.features import feature_model
+
+    try:
+        model = feature_model(model)  # one extractor (one traced predict) for all splits
+    except ValueError as error:
+        raise app.UsageError(f"{member['file']}: {error}") from error
+    feats, arrays = {}, {}
+    for split, extra in splits.items():
+        if verbose:
+            print(f"member {member['index']}: extracting {split} features ({len(extra)} images)", flush=True)
+        feats[split] = extract_features(model, extra.images, verbose=verbose)
+        if len(feats[split]) != len(extra):
+            raise RuntimeError(f"Got {len(feats[split])} {split} features for {len(extra)} images.")
+        arrays[f"{split}_features"] = feats[split]
+        arrays[f"{split}_ids"] = extra.ids
+        arrays[f"{split}_cams"] = extra.cams
+        arrays[f"{split}_filenames"] = extra.filenames
+    _save_npz(os.path.join(output_dir, f"features_member{member['index']}.npz"), arrays)
+    return feats
+
+
+def _score_cohort(members, member_features, splits, mq_pool, **options):
+    """``(eval.json's scores: members, ensemble, mean; CMC curves to plot)``."""
+    results, curves = {"members": []}, {}
+    for member, feats in zip(members, member_features):
+        scored = score_features(feats, splits, mq_pool=mq_pool, **options)
+        entry = {"index": member["index"], "net": member.get("net"), "file": member["file"]}
+        entry["trainable"] = bool(member.get("trainable", True))
+        entry["feature_dim"] = int(feats["query"].shape[1])
+        for protocol, result in scored.items():
+            entry[protocol] = None if result is None else _summary(result)
+        results["members"].append(entry)
+        curves[f"member {member['index']} SQ"] = scored["single_query"]["cmc"]
+    concatenated = {s: np.concatenate([f[s] for f in member_features], axis=1) for s in splits}
+    ensemble = score_features(concatenated, splits, mq_pool=mq_pool, **options)
+    results["ensemble"] = {p: None if r is None else _summary(r) for p, r in ensemble.items()}
+    results["ensemble"]["feature_dim"] = int(concatenated["query"].shape[1])
+    # Mean over the members trained in this run: a distill run's frozen teachers are left out.
+    averaged = [m for m in results["members"] if m["trainable"]] or results["members"]
+    results["mean"] = {
+        p: None if averaged[0][p] is None else _mean_of([m[p] for m in averaged])
+        for p in ("single_query", "multi_query")
+    }
+    results["mean"]["members"] = [m["index"] for m in averaged]
+    curves["ensemble SQ"] = ensemble["single_query"]["cmc"]
+    if ensemble["multi_query"] is not None:
+        curves[f"ensemble MQ ({mq_pool})"] = ensemble["multi_query"]["cmc"]
+    return results, curves
+
+
 def evaluate_run(
     model_dir,
     data_dir=None,
@@ -171,102 +264,16 @@ def evaluate_run(
     verbose=1,
 ):
     """Extracts, saves and scores the features of every member of a run; returns eval.json's dict."""
-    from dml_tf import data
-    from dml_tf.data.market1501 import parse_image_size
-    from dml_tf.errors import DataError
-    from dml_tf.reid import extract_features, plot_cmc
-    from dml_tf.reid.features import feature_model
+    from dml_tf.reid import plot_cmc
 
-    members, run_flags = read_members(model_dir)
+    members, run_config = read_members(model_dir)
     output_dir = output_dir or model_dir
-    data_dir = data_dir or run_flags.get("data_dir")
-
-    models = []
-    for member in members:
-        path = os.path.join(model_dir, member["file"])
-        try:
-            models.append(load_member(path))  # registers dml_tf.nets' custom layers first
-        except RunFileError as error:
-            raise app.UsageError(str(error)) from None
-    sizes = [_input_size(model) for model in models]
-    if image_size is None or len(image_size) == 0:
-        image_size = sizes[0] or parse_image_size(run_flags.get("image_size"))
-    image_size = parse_image_size(image_size)
-    for member, size in zip(members, sizes):
-        if size is not None and size != image_size:
-            raise app.UsageError(
-                f"--image_size={image_size[0]},{image_size[1]} but {member['file']} takes "
-                f"{size[0]}x{size[1]} images."
-            )
-
-    try:
-        bundle = data.load(
-            "market1501",
-            data_dir=data_dir,
-            batch_size=batch_size,
-            image_size=image_size,
-            source=source,
-            tfrecord_dir=tfrecord_dir,
-        )
-    except DataError as error:
-        raise app.UsageError(str(error)) from error
-    splits = {s: bundle.extras[s] for s in SPLITS if s in bundle.extras}
-    if not matchable_queries(splits["query"], splits["gallery"]):
-        raise app.UsageError(
-            f"None of the {len(splits['query'])} queries in {splits['query'].folder} has a true match in "
-            f"the gallery {splits['gallery'].folder} (the same person id from another camera): there is "
-            "nothing to score. Check that --data_dir holds the query and bounding_box_test folders of "
-            "one Market-1501 set."
-        )
-    if "gt_bbox" not in splits:
-        logging.warning("No gt_bbox split: multi-query results are left out.")
-
-    member_features = []
-    for member, model in zip(members, models):
-        try:
-            model = feature_model(model)  # one extractor (one traced predict) for all splits
-        except ValueError as error:
-            raise app.UsageError(f"{member['file']}: {error}") from error
-        feats, arrays = {}, {}
-        for split, extra in splits.items():
-            if verbose:
-                print(f"member {member['index']}: extracting {split} features ({len(extra)} images)", flush=True)
-            feats[split] = extract_features(model, extra.images, verbose=verbose)
-            if len(feats[split]) != len(extra):
-                raise RuntimeError(f"Got {len(feats[split])} {split} features for {len(extra)} images.")
-            arrays[f"{split}_features"] = feats[split]
-            arrays[f"{split}_ids"] = extra.ids
-            arrays[f"{split}_cams"] = extra.cams
-            arrays[f"{split}_filenames"] = extra.filenames
-        _save_npz(os.path.join(output_dir, f"features_member{member['index']}.npz"), arrays)
-        member_features.append(feats)
-
-    options = dict(mq_pool=mq_pool, ap_mode=ap_mode, metric=metric, l2_normalize=l2_normalize)
-    results, curves = {"members": []}, {}
-    for member, feats in zip(members, member_features):
-        scored = score_features(feats, splits, **options)
-        entry = {"index": member["index"], "net": member.get("net"), "file": member["file"]}
-        entry["trainable"] = bool(member.get("trainable", True))
-        entry["feature_dim"] = int(feats["query"].shape[1])
-        for protocol, result in scored.items():
-            entry[protocol] = None if result is None else _summary(result)
-        results["members"].append(entry)
-        curves[f"member {member['index']} SQ"] = scored["single_query"]["cmc"]
-    concatenated = {s: np.concatenate([f[s] for f in member_features], axis=1) for s in splits}
-    ensemble = score_features(concatenated, splits, **options)
-    results["ensemble"] = {p: None if r is None else _summary(r) for p, r in ensemble.items()}
-    results["ensemble"]["feature_dim"] = int(concatenated["query"].shape[1])
-    # Mean over the members trained in this run: a distill run's frozen teachers are left out.
-    averaged = [m for m in results["members"] if m["trainable"]] or results["members"]
-    results["mean"] = {
-        p: None if averaged[0][p] is None else _mean_of([m[p] for m in averaged])
-        for p in ("single_query", "multi_query")
-    }
-    results["mean"]["members"] = [m["index"] for m in averaged]
-    curves["ensemble SQ"] = ensemble["single_query"]["cmc"]
-    if ensemble["multi_query"] is not None:
-        curves[f"ensemble MQ ({mq_pool})"] = ensemble["multi_query"]["cmc"]
-
+    models, image_size = _load_models(members, image_size, run_config.get("image_size"))
+    bundle, splits = _load_splits(data_dir or run_config.get("data_dir"), batch_size, image_size, source,
+                                  tfrecord_dir)
+    member_features = [_extract(m, model, splits, output_dir, verbose) for m, model in zip(members, models)]
+    results, curves = _score_cohort(members, member_features, splits, mq_pool=mq_pool, ap_mode=ap_mode,
+                                    metric=metric, l2_normalize=l2_normalize)
     results.update(
         {
             "dataset": "market1501",
@@ -285,8 +292,18 @@ def evaluate_run(
             "ensemble = members' features concatenated",
         }
     )
-    atomic_write_json(os.path.join(output_dir, "eval.json"), results)
+    atomic_write_json(os.path.join(output_dir, run_dir.EVAL_FILE), results)
     plot_cmc(curves, os.path.join(output_dir, "cmc.png"), max_rank=20, title=f"Market-1501 CMC ({len(members)} members)")
+    return results
+
+
+def evaluate_or_reuse(model_dir, data_dir=None, batch_size=64, log=print):
+    """The run's eval.json (``RunFileError`` when damaged), or :func:`evaluate_run` (quiet,
+    default options) when there is none yet."""
+    results = run_dir.read_eval(model_dir)
+    if results is None:
+        log(f"[eval] {model_dir}: Market-1501 re-id evaluation")
+        results = evaluate_run(model_dir, data_dir=data_dir, batch_size=batch_size, verbose=0)
     return results
 
 

@@ -50,6 +50,41 @@ def member_optimizers(optimizer, members):
     return [clone_optimizer(base, f"{base.name}_member{i}") for i in range(k)]
 
 
+def needs_loss_scaling(member):
+    """Whether ``member`` computes in float16 (``mixed_float16``), which needs loss
+    scaling; bfloat16 has float32's range and does not."""
+    policy = getattr(member, "dtype_policy", None)
+    if getattr(policy, "compute_dtype", None) == "float16":
+        return True
+    return any(getattr(layer, "compute_dtype", None) == "float16" for layer in member.layers)
+
+
+def loss_scalers(optimizers, members):
+    """Per member: a ``LossScaleOptimizer`` wrapping its optimizer if it computes in
+    float16, else None.
+
+    ``MultiOptimizer`` refuses ``LossScaleOptimizer`` children, so the scalers wrap the
+    member optimizers outside the ``CohortOptimizer`` (which still builds, saves and
+    restores the inner ones).
+    """
+    return [
+        keras.optimizers.LossScaleOptimizer(o, name=f"loss_scale_{k}") if needs_loss_scaling(m) else None
+        for k, (m, o) in enumerate(zip(members, optimizers))
+    ]
+
+
+def moving_statistics(layer, seen=None):
+    """The moving mean and variance of every BatchNormalization layer in ``layer``
+    (what ``CohortOptimizer(statistics=...)`` averages)."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return []
+    seen.add(id(layer))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer.moving_mean, layer.moving_variance]
+    return [v for sub in getattr(layer, "layers", ()) for v in moving_statistics(sub, seen)]
+
+
 @keras.saving.register_keras_serializable(package="dml_tf")
 class SlimRMSprop(keras.optimizers.RMSprop):
     """TF1's ``tf.train.RMSPropOptimizer``, which TF-slim's ``train_image_classifier.py``

@@ -1,20 +1,7 @@
-"""One training run: data -> networks -> cohort -> fit -> results in ``model_dir``.
-
-``model_dir`` receives:
-  backup/        the training state of the last finished epoch (dml_tf/checkpoint.py),
-                 written every epoch and kept until results.json exists; a run
-                 started again with the same command resumes from it.
-  logs/          TensorBoard: a run folder per member (member_K/train, /validation)
-                 with the same tags (epoch_loss, epoch_ce, epoch_mimicry, epoch_accuracy,
-                 epoch_learning_rate), so members overlay; ensemble/validation.
-  member_K.keras each member as a plain Keras model.
-  test_predictions.npz  the class each member and the ensemble predict for every
-                 test image, and the labels (dml_tf.compare's paired test).
-  results.json   written last and atomically: config, per-epoch history, final
-                 test accuracy per member and of the ensemble, wall time.
+"""One training run: data -> networks -> cohort -> fit -> results in ``model_dir``
+(its layout and results.json: :mod:`dml_tf.run_dir`).
 """
 
-import dataclasses
 import math
 import os
 import shutil
@@ -26,26 +13,21 @@ import tensorflow as tf
 from dml_tf import checkpoint
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
-from dml_tf.analysis import load_member
 from dml_tf import reporting
-from dml_tf.compare import PREDICTIONS_FILE, save_test_predictions
+from dml_tf import run_dir
+from dml_tf.compare import save_test_predictions
 from dml_tf.cohort import MutualLearningModel
 from dml_tf.config import ConfigError, TrainConfig
 from dml_tf.distribute import make_strategy
 from dml_tf.errors import OutputError
 from dml_tf.health import TrainingHealth
-from dml_tf.io_utils import atomic_write_json, make_writable_dir
+from dml_tf.io_utils import make_writable_dir
+from dml_tf.run_dir import RESULTS_FILE, member_file  # noqa: F401  (public here before run_dir)
 from dml_tf.schedules import make_optimizer
-
-RESULTS_FILE = "results.json"
-
-
-def member_file(k):
-    return f"member_{k}.keras"
 
 
 def backup_dir_of(config):
-    return os.path.join(config.model_dir, "backup")
+    return run_dir.backup_dir(config.model_dir)
 
 
 def prepare_model_dir(config):
@@ -56,7 +38,7 @@ def prepare_model_dir(config):
         make_writable_dir(model_dir, "--model_dir")
     except OutputError as e:
         raise ConfigError(str(e)) from None
-    finished = os.path.join(model_dir, RESULTS_FILE)
+    finished = run_dir.results_path(model_dir)
     if os.path.exists(finished) and not config.overwrite:
         raise ConfigError(
             f"--model_dir={model_dir} already holds a finished run ({RESULTS_FILE}); "
@@ -82,24 +64,35 @@ def checked_state(config, log=print):
     return state
 
 
+def data_options(config):
+    """The data loader's arguments that a run's settings imply: ``seed``, and ``data_dir``,
+    ``labeled_fraction``, ``labeled_ids``, ``image_size`` where set. ``config``: a
+    TrainConfig, or the ``"config"`` dict of a run's results.json."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+    options = {"seed": get("seed") or 0}
+    if get("data_dir"):
+        options["data_dir"] = get("data_dir")
+    if get("labeled_fraction") not in (None, 1.0):
+        options["labeled_fraction"] = get("labeled_fraction")
+    if get("labeled_ids") is not None:
+        options["labeled_ids"] = get("labeled_ids")
+    if get("image_size") is not None:
+        options["image_size"] = tuple(get("image_size"))
+    return options
+
+
 def load_data(config):
-    kwargs = {"batch_size": config.step_batch_size(), "seed": config.seed}
-    if config.data_dir:
-        kwargs["data_dir"] = config.data_dir
-    if config.labeled_fraction != 1.0:
-        kwargs["labeled_fraction"] = config.labeled_fraction
-    if config.labeled_ids is not None:
-        kwargs["labeled_ids"] = config.labeled_ids
-    if config.image_size is not None:
-        kwargs["image_size"] = tuple(config.image_size)
+    """The data ``config`` trains on (``dml_tf.data.load``); ConfigError for an option the
+    dataset does not take."""
+    kwargs = {"batch_size": config.step_batch_size(), **data_options(config)}
     unsupported = sorted(set(kwargs) - dml_data.parameters(config.dataset))
     if unsupported:
         raise ConfigError(f"--{unsupported[0]} is not supported with --dataset={config.dataset}.")
     return dml_data.load(config.dataset, **kwargs)
 
 
-def labelled_only(dataset, batch_size):
-    """``--semi=labeled``: drop the unlabelled (-1) images (Sec. 4.10 "DML-labelled")."""
+def labeled_only(dataset, batch_size):
+    """``--semi=labeled``: drop the unlabeled (-1) images (Sec. 4.10 "DML-labelled")."""
     return dataset.unbatch().filter(lambda x, y: y >= 0).batch(batch_size)
 
 
@@ -114,7 +107,7 @@ def build_members(config, bundle):
             path = teachers[k]
             if not os.path.isfile(path):
                 raise ConfigError(f"--teacher file {path} does not exist.")
-            teacher = load_member(path, flag="--teacher")
+            teacher = run_dir.load_member(path, flag="--teacher")
             teacher.trainable = False
             members.append(teacher)
             continue
@@ -143,6 +136,67 @@ def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
     return stream
 
 
+def training_batches(config, bundle):
+    """``(train dataset, images per pass)``: with ``--semi=labeled`` and a labeled
+    subset, the labeled images only."""
+    if config.semi == "labeled" and (config.labeled_fraction < 1 or config.labeled_ids):
+        train, count = labeled_only(bundle.train, config.step_batch_size()), bundle.labeled_size
+        if count is None:  # the loader cannot tell: count in one pass
+            count = sum(int(y.shape[0]) for _, y in train)
+        return train, count
+    return bundle.train, bundle.train_size
+
+
+def build_cohort(config, bundle, steps_per_epoch):
+    """The compiled cohort of ``config`` (members, Algorithm 1's settings, one optimizer
+    per member with its learning-rate schedule); call it inside the strategy's scope."""
+    members = build_members(config, bundle)
+    cohort = MutualLearningModel(
+        members, update=config.update, mimicry=config.mimicry,
+        mimicry_weight=config.member_mimicry_weight(), peer_reduction=config.peer_reduction,
+        label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
+        feature_l2_weight=config.feature_l2_weight,
+        placement=config.placement,
+        member_batches=config.member_batches)
+    cohort.compile(
+        optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
+                   for k in range(len(members))],
+        jit_compile=config.jit_compile, ema_batch_norm=config.ema_batch_norm)
+    return cohort
+
+
+def checked_strategy(config):
+    """The ``tf.distribute`` strategy of ``config``; ConfigError when it cannot start."""
+    try:
+        return make_strategy(config.strategy)
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
+
+
+def training_backup(config, state, log=print):
+    """The run's TrainingBackup callback, from the checkpoint ``state`` (None: afresh)."""
+    backup_dir = backup_dir_of(config)
+    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
+    if backup.initial_epoch >= config.epochs:
+        log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
+            "evaluating and saving it.")
+    elif backup.initial_epoch:
+        log(f"Resuming from the checkpoint of epoch {backup.initial_epoch} in {backup_dir}.")
+    return backup
+
+
+def evaluate_and_save(cohort, bundle, model_dir):
+    """The cohort's test metrics (``{}`` without a test split) and test predictions, and
+    the members' files, in ``model_dir``."""
+    test = {}
+    if bundle.test is not None:
+        test = {k: float(v) for k, v in
+                cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
+        save_test_predictions(cohort, bundle.test, os.path.join(model_dir, run_dir.PREDICTIONS_FILE))
+    run_dir.save_members(model_dir, cohort.members)
+    return test
+
+
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
@@ -156,48 +210,23 @@ def run(config, log=print, callbacks=()):
     state = checked_state(config, log)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    try:
-        strategy = make_strategy(config.strategy)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
+    strategy = checked_strategy(config)
     bundle = load_data(config)
-    train, train_count = bundle.train, bundle.train_size
-    if config.semi == "labeled" and (config.labeled_fraction < 1 or config.labeled_ids):
-        train = labelled_only(train, config.step_batch_size())
-        train_count = bundle.labeled_size
-        if train_count is None:  # the loader cannot tell: count in one pass
-            train_count = sum(int(y.shape[0]) for _, y in train)
+    train, train_count = training_batches(config, bundle)
     batches_per_pass = math.ceil(train_count / config.step_batch_size())
     steps_per_epoch = config.steps_per_epoch or batches_per_pass
-
     with strategy.scope():
-        members = build_members(config, bundle)
-        cohort = MutualLearningModel(
-            members, update=config.update, mimicry=config.mimicry,
-            mimicry_weight=config.member_mimicry_weight(), peer_reduction=config.peer_reduction,
-            label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
-            feature_l2_weight=config.feature_l2_weight,
-            placement=None if config.placement == "none" else config.placement,
-            member_batches=config.member_batches)
-        cohort.compile(
-            optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
-                       for k in range(len(members))],
-            jit_compile=config.jit_compile, ema_batch_norm=config.ema_batch_norm)
+        cohort = build_cohort(config, bundle, steps_per_epoch)
+    members = cohort.members
 
-    backup_dir = backup_dir_of(config)
-    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
-    initial_epoch = backup.initial_epoch
-    if initial_epoch >= config.epochs:
-        log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
-            "evaluating and saving it.")
-    elif initial_epoch:
-        log(f"Resuming from the checkpoint of epoch {initial_epoch} in {backup_dir}.")
-    stream = epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch)
-    labelled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
+    backup = training_backup(config, state, log)
+    stream = epoch_stream(train, batches_per_pass, steps_per_epoch, backup.initial_epoch)
+    labeled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
         backup,
-        reporting.CohortTensorBoard(os.path.join(config.model_dir, "logs")),
-        TrainingHealth([m.name for m in members], bundle.num_classes, labelled_per_epoch, log=log),
+        reporting.CohortTensorBoard(os.path.join(config.model_dir, run_dir.LOGS_DIR)),
+        TrainingHealth([m.name for m in members], bundle.num_classes, labeled_per_epoch,
+                      validation_samples=bundle.test_size, log=log),
         *([reporting.EpochTable(log=log)] if config.verbose is None else []),
         *callbacks,
     ]
@@ -209,35 +238,25 @@ def run(config, log=print, callbacks=()):
                          shuffle=False)  # the pipeline shuffles, seeded
     wall_time = backup.train_time_s + time.time() - start  # + earlier sessions' epochs
 
-    test = {}
-    if bundle.test is not None:
-        test = {k: float(v) for k, v in
-                cohort.evaluate(bundle.test, verbose=0, return_dict=True).items()}
-        save_test_predictions(cohort, bundle.test, os.path.join(config.model_dir, PREDICTIONS_FILE))
-    member_entries = []
-    for k, member in enumerate(members):
-        path = os.path.join(config.model_dir, member_file(k))
-        tmp = os.path.join(config.model_dir, f".tmp_{member_file(k)}")
-        member.save(tmp)
-        os.replace(tmp, path)
-        member_entries.append({"index": k, "net": config.nets[k], "name": member.name,
-                               "file": member_file(k), "trainable": bool(member.trainable),
-                               "test_accuracy": test.get(f"accuracy_{k}")})
-    results = {
-        "config": dataclasses.asdict(config),
-        "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
-                    "train_size": bundle.train_size, "test_size": bundle.test_size},
-        "members": member_entries,
-        "history": backup.history,  # every epoch, earlier sessions' included
-        "epochs_run_this_session": len(history.epoch),
-        "test": test,
-        "ensemble_test_accuracy": test.get("ensemble_accuracy"),
-        "wall_time_s": wall_time,
-    }
-    atomic_write_json(os.path.join(config.model_dir, RESULTS_FILE), results)
-    shutil.rmtree(backup_dir, ignore_errors=True)  # the run is safe in results.json now
+    test = evaluate_and_save(cohort, bundle, config.model_dir)
+    # backup.history: every epoch, earlier sessions' included
+    results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
+                                   test, wall_time)
+    run_dir.write_results(config.model_dir, results)
     log(format_summary(results))
     return results
+
+
+def run_or_reuse(config, log=print):
+    """:func:`run` unless ``config.model_dir`` already holds a finished run, whose
+    results.json is read instead (``RunFileError`` when damaged): a sweep started
+    again resumes, an interrupted run included."""
+    if run_dir.is_finished(config.model_dir):
+        log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
+        return run_dir.read_results(config.model_dir)
+    log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
+        f"mimicry={config.mimicry}, seed={config.seed}")
+    return run(config, log=log)
 
 
 def format_summary(results):
@@ -249,5 +268,5 @@ def format_summary(results):
     if ens is not None:
         lines.append(f"{'ensemble (mean prob.)':<40}{ens:>14.4f}")
     lines.append(f"wall time {results['wall_time_s']:.1f} s; results in "
-                 f"{os.path.join(results['config']['model_dir'], RESULTS_FILE)}")
+                 f"{run_dir.results_path(results['config']['model_dir'])}")
     return "\n".join(lines)

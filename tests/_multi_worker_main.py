@@ -56,7 +56,7 @@ def member(k):
     return model
 
 
-def cohort(update, placement=None, members=None, lr=0.5):
+def cohort(update, placement="none", members=None, lr=0.5):
     import keras
     from dml_tf.cohort import MutualLearningModel
     model = MutualLearningModel(members or [member(0), member(1)], update=update,

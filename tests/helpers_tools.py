@@ -1,6 +1,6 @@
-"""Shared by the tool tests: a tools/ script as a module, or run as commands."""
+"""Shared by the tool tests: a tool as a module, or run as commands."""
 
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -11,11 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_tool(name):
-    """``tools/NAME.py`` imported as a fresh module (its ``compute`` is called in process)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module ``tools.NAME`` (its ``compute`` is called in process)."""
+    return importlib.import_module(f"tools.{name}")
 
 
 def run_processes(arg_lists, env, timeout=300):
@@ -45,11 +42,10 @@ def run_processes(arg_lists, env, timeout=300):
 
 
 def run_cli(*commands, timeout=300):
-    """Runs every ``(NAME, [flags])`` as ``python tools/NAME.py FLAGS`` (see
+    """Runs every ``(NAME, [flags])`` as ``python -m tools.NAME FLAGS`` (see
     :func:`run_processes`)."""
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    return run_processes([[os.path.join("tools", f"{name}.py"), *flags] for name, flags in commands], env,
-                         timeout)
+    return run_processes([["-m", f"tools.{name}", *flags] for name, flags in commands], env, timeout)
 
 
 def check_ok(proc):

@@ -1,4 +1,4 @@
-"""tools/benchmark.py --quick runs and writes the documented JSON (fields, not speed)."""
+"""python -m tools.benchmark --quick runs and writes the documented JSON (fields, not speed)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ def test_benchmark_quick_writes_json(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
                KERAS_BACKEND="tensorflow")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--quick",
+        [sys.executable, "-m", "tools.benchmark", "--quick",
          "--steps=2", "--pipeline_images=128", f"--output={output}"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -44,10 +44,8 @@ def test_benchmark_quick_writes_json(tmp_path):
 
 
 def test_summarise_pairs_each_round_with_its_independent_cost():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(ROOT, "tools", "benchmark.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    from tools import benchmark
+
     # Round 2 is a slow spell for everything; paired ratios ignore it.
     times = {"independent": [[1.0, 1.0], [4.0, 4.0], [1.0, 1.2]],
              "dml_simultaneous": [[2.1], [8.4], [2.2]]}

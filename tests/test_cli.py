@@ -80,8 +80,8 @@ def commands(tmp_path_factory):
         "help": ["-m", "dml_tf.train", "--help"],
         "evaluate_no_run": ["-m", "dml_tf.evaluate", f"--model_dir={where}/none"],
         "compare_no_run": ["-m", "dml_tf.compare", f"{where}/none"],
-        "tool_no_runs": [os.path.join("tools", "report.py"), f"--runs_dir={where}/none"],
-        "tool_help": [os.path.join("tools", "report.py"), "-h"],
+        "tool_no_runs": ["-m", "tools.report", f"--runs_dir={where}/none"],
+        "tool_help": ["-m", "tools.report", "-h"],
     }
     return dict(zip(todo, run_all(*todo.values())))
 
@@ -92,7 +92,7 @@ def commands(tmp_path_factory):
     ("bad_enum", "python -m dml_tf.train", "--mode must be one of dml, independent, distill; got 'mutual'."),
     ("evaluate_no_run", "python -m dml_tf.evaluate", "does not exist"),
     ("compare_no_run", "python -m dml_tf.compare", "does not exist"),
-    ("tool_no_runs", "python tools/report.py", "--runs_dir="),
+    ("tool_no_runs", "python -m tools.report", "--runs_dir="),
 ])
 def test_a_usage_error_is_one_line_and_a_pointer_to_help(commands, key, program, message):
     proc = commands[key]

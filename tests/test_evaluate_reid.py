@@ -37,7 +37,7 @@ def run_dir(tmp_path_factory):
     for k in range(2):
         _member(k).save(model_dir / f"member_{k}.keras")
         members.append({"index": k, "net": "tiny", "file": f"member_{k}.keras"})
-    results = {"members": members, "flags": {"dataset": "market1501", "data_dir": str(data_dir)}}
+    results = {"members": members, "config": {"dataset": "market1501", "data_dir": str(data_dir)}}
     (model_dir / "results.json").write_text(json.dumps(results))
     return str(data_dir), str(model_dir)
 

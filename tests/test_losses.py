@@ -132,3 +132,65 @@ def test_unknown_modes_raise():
         losses.mimicry_loss(lp, [lp], mode="l2")
     with pytest.raises(ValueError, match="peer_reduction"):
         losses.mimicry_loss(lp, [lp], peer_reduction="max")
+
+
+def test_member_objective_matches_numpy(logits):
+    """CE (smoothed, unlabeled masked) + w_m * mimicry - w_H * H + w_f * L2 + regularization,
+    each term computed independently."""
+    labels = np.array([0, 4, -1, 2, -1, 1])
+    p = [softmax(z) for z in logits[:3]]
+    f = [np.random.RandomState(i).randn(6, 3) for i in range(3)]
+    smoothing, w_m, w_h, w_f, reg = 0.1, 0.7, 0.3, 0.2, [0.05, 0.01]
+    target = np.eye(5)[np.maximum(labels, 0)] * (1 - smoothing) + smoothing / 5
+    ce = -np.sum(target * np.log(p[0]), -1)[labels >= 0].mean()
+    mimicry = sum(kl(p[l], p[0]).mean() for l in (1, 2))  # peer_reduction="sum"
+    entropy = -np.sum(p[0] * np.log(p[0]), -1).mean()
+    l2 = sum(np.sum((f[0] - f[l]) ** 2, -1).mean() for l in (1, 2))
+    objective = losses.MemberObjective(mimicry="kl", mimicry_weight=w_m, peer_reduction="sum",
+                                       label_smoothing=smoothing, entropy_weight=w_h,
+                                       feature_l2_weight=w_f)
+    terms = objective(tf.constant(labels), _tf_log_probs(logits[0]),
+                      [_tf_log_probs(logits[1]), _tf_log_probs(logits[2])],
+                      tf.constant(f[0], tf.float32),
+                      [tf.constant(f[1], tf.float32), tf.constant(f[2], tf.float32)],
+                      [tf.constant(r) for r in reg])
+    np.testing.assert_allclose(float(terms["ce"]), ce, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["mimicry"]), mimicry, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["loss"]),
+                               ce + w_m * mimicry - w_h * entropy + w_f * l2 + sum(reg), rtol=1e-5)
+    # The defaults: CE + the KL mean over peers (Eq. 10); no peers (K = 1): CE alone.
+    default = losses.MemberObjective()
+    plain = default(tf.constant(labels), _tf_log_probs(logits[0]), [_tf_log_probs(logits[1])])
+    np.testing.assert_allclose(float(plain["loss"]), -np.sum(np.eye(5)[np.maximum(labels, 0)]
+                               * np.log(p[0]), -1)[labels >= 0].mean() + kl(p[1], p[0]).mean(), rtol=1e-5)
+    alone = default(tf.constant(labels), _tf_log_probs(logits[0]), [])
+    assert float(alone["mimicry"]) == 0.0 and float(alone["loss"]) == float(alone["ce"])
+
+
+def test_member_objective_config_round_trip():
+    objective = losses.MemberObjective(mimicry="js", mimicry_weight=np.float32(0.5),
+                                       peer_reduction="sum", label_smoothing=0.1)
+    config = objective.get_config()
+    assert config == {"mimicry": "js", "mimicry_weight": 0.5, "peer_reduction": "sum",
+                      "label_smoothing": 0.1, "entropy_weight": 0.0, "feature_l2_weight": 0.0}
+    assert all(type(config[k]) is float for k in config if k not in ("mimicry", "peer_reduction"))
+    assert losses.MemberObjective.from_config(config).get_config() == config
+    assert objective.reads_peers and not losses.MemberObjective(mimicry_weight=0).reads_peers
+    assert losses.MemberObjective(mimicry_weight=0, feature_l2_weight=1).reads_peers
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mimicry": "l2"}, r"Unknown mimicry 'l2'; expected one of \('kl', 'js', 'ensemble'\)"),
+    ({"peer_reduction": "max"}, r"Unknown peer_reduction 'max'; expected one of \('mean', 'sum'\)"),
+    ({"mimicry_weight": -1}, r"`mimicry_weight` must be a finite number >= 0; got -1"),
+    ({"entropy_weight": float("nan")}, r"`entropy_weight` must be a finite number >= 0; got nan"),
+    ({"feature_l2_weight": float("inf")}, r"`feature_l2_weight` must be a finite number >= 0; got inf"),
+    ({"mimicry_weight": True}, r"`mimicry_weight` must be a finite number >= 0; got True"),
+    ({"entropy_weight": "0.5"}, r"`entropy_weight` must be a finite number >= 0; got '0.5'"),
+    ({"label_smoothing": 1.0}, r"`label_smoothing` must be in \[0, 1\); got 1.0"),
+    ({"label_smoothing": -0.1}, r"`label_smoothing` must be in \[0, 1\); got -0.1"),
+    ({"label_smoothing": np.bool_(False)}, r"`label_smoothing` must be in \[0, 1\); got "),
+])
+def test_member_objective_validates_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        losses.MemberObjective(**kwargs)

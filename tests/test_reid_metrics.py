@@ -199,7 +199,7 @@ def test_huge_and_tiny_finite_features_rank_as_in_float64(metric, scale):
     assert result["num_queries"] == len(ref_market) > 0
     np.testing.assert_allclose(result["ap"][~np.isnan(result["ap"])], ref_market, rtol=1e-10)
     np.testing.assert_allclose(result["cmc"], ref_cmc, rtol=1e-10)
-    normalised = metrics.l2_normalise(gf)
+    normalised = metrics.l2_normalize(gf)
     np.testing.assert_allclose(np.linalg.norm(normalised.astype(np.float64), axis=1), 1.0, rtol=1e-6)
 
 

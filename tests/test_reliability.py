@@ -21,7 +21,6 @@ from dml_tf import analysis, checkpoint, evaluate, runner
 from dml_tf.config import ConfigError
 from dml_tf.errors import RunFileError
 from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
-from helpers_tools import load_tool
 from test_train_cli import cifar_dir, run_cli, tiny_config  # noqa: F401  (cifar_dir: fixture)
 
 # ema_decay: the weight average that replaces the weights when training ends must
@@ -255,9 +254,8 @@ def test_a_damaged_results_json_is_named_with_what_to_do(tmp_path, content):
     with pytest.raises(RunFileError, match="--overwrite") as error:
         analysis.read_run(str(tmp_path))
     assert path in str(error.value)
-    common = load_tool("_common")
-    with pytest.raises(app.UsageError) as error:
-        common.train_or_reuse(tiny_config(tmp_path, None), log=lambda s: None)
+    with pytest.raises(RunFileError, match="--overwrite") as error:
+        runner.run_or_reuse(tiny_config(tmp_path, None), log=lambda s: None)
     assert path in str(error.value)
 
 

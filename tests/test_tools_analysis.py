@@ -13,23 +13,25 @@ LIMIT = 40
 
 
 def write_fake_run(run_dir, mode, seeds, mimicry="kl"):
-    """A finished-run folder in the runner's layout with untrained tiny_cnn members."""
+    """A finished-run folder written by dml_tf.run_dir, as the runner writes it, with
+    untrained tiny_cnn members."""
+    from types import SimpleNamespace
+
     from dml_tf import nets
-    from dml_tf.io_utils import atomic_write_json
+    from dml_tf import run_dir as run_folder
+    from dml_tf.config import TrainConfig
 
     os.makedirs(run_dir, exist_ok=True)
-    members = []
-    for k, seed in enumerate(seeds):
-        model = nets.build("tiny_cnn", num_classes=10, input_shape=(32, 32, 3), seed=seed, name=f"tiny_{k}")
-        model.save(os.path.join(run_dir, f"member_{k}.keras"))
-        members.append({"index": k, "net": "tiny_cnn", "name": f"tiny_{k}", "file": f"member_{k}.keras",
-                        "trainable": True, "test_accuracy": 0.1})
-    atomic_write_json(os.path.join(run_dir, "results.json"), {
-        "config": {"dataset": "digits", "data_dir": None, "batch_size": 16, "mode": mode,
-                   "mimicry": mimicry, "nets": ["tiny_cnn"] * len(seeds), "model_dir": run_dir},
-        "members": members,
-        "history": {f"ce_{k}": [2.3, 2.0] for k in range(len(seeds))},
-        "test": {}, "ensemble_test_accuracy": None})
+    members = [nets.build("tiny_cnn", num_classes=10, input_shape=(32, 32, 3), seed=seed, name=f"tiny_{k}")
+               for k, seed in enumerate(seeds)]
+    config = TrainConfig(dataset="digits", batch_size=16, mode=mode, mimicry=mimicry,
+                         nets=("tiny_cnn",) * len(seeds), model_dir=run_dir)
+    bundle = SimpleNamespace(name="digits", num_classes=10, train_size=None, test_size=None)
+    history = {f"ce_{k}": [2.3, 2.0] for k in range(len(seeds))}
+    run_folder.save_members(run_dir, members)
+    run_folder.write_results(run_dir, run_folder.make_results(
+        config, bundle, members, history, epochs_run=2, test={f"accuracy_{k}": 0.1 for k in range(len(seeds))},
+        wall_time=1.0))
 
 
 @pytest.fixture(scope="module")

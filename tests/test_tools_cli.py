@@ -1,4 +1,4 @@
-"""The study tools as commands (``python tools/NAME.py --flag=...``) on runs trained once
+"""The study tools as commands (``python -m tools.NAME --flag=...``) on runs trained once
 (conftest.py): a tiny digits DML pair and single network, and a Market-1501 DML pair. The
 sweeps' commands (cohort_size, semi_supervised) are in test_tools_market.py."""
 
@@ -118,3 +118,15 @@ def test_a_bad_flag_is_a_usage_error_not_a_traceback(commands, key, flag):
     assert proc.returncode != 0
     assert flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not os.path.exists(out)  # refused before anything is written
+
+
+def test_a_tool_started_as_a_script_says_how_to_run_it():
+    import subprocess
+    import sys
+
+    from helpers_tools import ROOT
+
+    proc = subprocess.run([sys.executable, os.path.join("tools", "report.py"), "--runs_dir=runs"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == "Run it from the repository root as: python -m tools.report\n"

@@ -1,4 +1,4 @@
-"""tools/tsne.py on a fabricated run of untrained tiny_cnn members (digits test split)."""
+"""python -m tools.tsne on a fabricated run of untrained tiny_cnn members (digits test split)."""
 
 import json
 import os
@@ -67,8 +67,8 @@ def test_tsne_usage_errors(run_dir, tmp_path):
 def test_every_tool_has_help():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     for name in TOOLS:
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), "--helpshort"],
-                              capture_output=True, text=True, env=env, cwd="/", timeout=120)
+        proc = subprocess.run([sys.executable, "-m", f"tools.{name}", "--helpshort"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
         assert proc.returncode in (0, 1), proc.stderr  # absl exits 1 after printing help
         assert "Traceback" not in proc.stderr, proc.stderr
         flag = "--runs_dir" if name == "report" else "--output_dir"
@@ -76,7 +76,7 @@ def test_every_tool_has_help():
 
 
 def test_select_images_takes_sorted_identities_then_limit():
-    from dml_tf.data.base import select_images
+    from dml_tf.data.pipeline import select_images
 
     labels = [5, -1, 3, 5, 9, 3, -1]  # -1: an unlabelled image, no identity
     assert select_images(labels).tolist() == list(range(7))

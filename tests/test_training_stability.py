@@ -84,6 +84,25 @@ def test_member_at_chance_gets_one_named_warning_line():
     assert len(lines) == 1
 
 
+def test_member_at_chance_only_in_inference_mode_gets_the_batch_norm_warning():
+    # 10 classes, 1,000 validation images: at chance up to 0.1 + 3 * sqrt(0.09 / 1000) = 0.1285.
+    lines = []
+    health = TrainingHealth(["mobilenet_0", "resnet32_1"], num_classes=10, samples_per_epoch=5000,
+                            validation_samples=1000, log=lines.append)
+    logs = {"accuracy_0": 0.30, "accuracy_1": 0.29, "val_accuracy_0": 0.100, "val_accuracy_1": 0.27}
+    health.on_epoch_end(2, logs)
+    assert len(lines) == 1
+    assert "member 0 (mobilenet_0) predicts the validation set at chance after epoch 3" in lines[0]
+    assert "--bn_momentum" in lines[0] and "0.3000" in lines[0]
+    health.on_epoch_end(3, dict(logs, val_accuracy_0=0.129))  # just above 3 SE: learning
+    assert len(lines) == 1
+    health.on_epoch_end(4, dict(logs, accuracy_0=0.105))  # at chance in training too: other warning
+    assert len(lines) == 2 and "still at chance" in lines[1]
+    quiet = TrainingHealth(["mobilenet_0"], num_classes=10, samples_per_epoch=5000, log=lines.append)
+    quiet.on_epoch_end(0, {"accuracy_0": 0.30, "val_accuracy_0": 0.1})  # validation size unknown
+    assert len(lines) == 2
+
+
 def test_nan_input_stops_fit_naming_the_member():
     members = [keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name=f"net_{k}")
                for k in range(2)]

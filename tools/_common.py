@@ -2,17 +2,15 @@
 
 Every tool is an absl app whose work lives in a plain function (tests call it
 directly) and whose flags ``dml_tf.cli_flags`` defines; this module holds argument checks
-that raise ``app.UsageError``, the run-folder reading and the atomic JSON/PNG output.
+that raise ``app.UsageError``, the library's errors as usage errors, and the atomic JSON/PNG
+output. The run folders are read by :mod:`dml_tf.run_dir`, trained by :mod:`dml_tf.runner`.
 """
 
+import contextlib
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -94,7 +92,7 @@ def need_output_dir(output_dir):
 
 def read_runs(runs):
     """``[(run_dir, results, members)]`` for the ``--runs`` folders; UsageError when bad."""
-    from dml_tf import analysis
+    from dml_tf import run_dir as run_folder
 
     runs = split_list(runs)
     if not runs:
@@ -102,7 +100,7 @@ def read_runs(runs):
     out = []
     for run_dir in runs:
         try:
-            results, members = analysis.read_run(run_dir)
+            results, members = run_folder.read_run(run_dir)
         except ValueError as e:
             raise app.UsageError(f"--runs: {e}") from None
         out.append((run_dir, results, members))
@@ -117,10 +115,10 @@ def run_label(run_dir, config):
 
 
 def run_data(config, split, batch_size=None, data_dir=None, limit=None, identities=None):
-    """The unaugmented ``split`` of the run's dataset, labelled as the run was trained
-    (a Market-1501 run: its image size and labelled identities); UsageError when it
+    """The unaugmented ``split`` of the run's dataset, labeled as the run was trained
+    (a Market-1501 run: its image size and labeled identities); UsageError when it
     is unsupported or cannot be read."""
-    from dml_tf import analysis
+    from dml_tf import analysis, runner
 
     dataset = config.get("dataset")
     if dataset not in analysis.DATASETS:
@@ -128,12 +126,9 @@ def run_data(config, split, batch_size=None, data_dir=None, limit=None, identiti
             f"Dataset {dataset!r} of the run is not supported here; expected one of "
             f"{', '.join(analysis.DATASETS)}.")
     options = {}
-    if dataset == analysis.MARKET:  # as dml_tf.runner.load_data passes the config to the loader
-        fraction = config.get("labeled_fraction")
-        options = dict(image_size=config.get("image_size"), labeled_ids=config.get("labeled_ids"),
-                       labeled_fraction=None if fraction in (None, 1.0) else fraction,
-                       labeled_selection=config.get("labeled_selection", "random"),
-                       seed=config.get("seed") or 0)
+    if dataset == analysis.MARKET:  # labeled as the run's training data: the runner's options
+        options = runner.data_options(config)
+        options.pop("data_dir", None)
     data_dir = data_dir or config.get("data_dir")
     try:
         return analysis.unaugmented_dataset(dataset, split=split, data_dir=data_dir,
@@ -200,43 +195,17 @@ def figure(ncols=1, width=5.0, height=4.0, nrows=1):
     return fig, list(axes.flat)
 
 
-def train_or_reuse(config, log=print):
-    """``dml_tf.runner.run(config)`` unless ``config.model_dir`` already holds a finished
-    run (results.json), which is read instead: a sweep started again resumes."""
-    from dml_tf import runner
-    from dml_tf.analysis import RETRAIN_HINT
+@contextlib.contextmanager
+def usage_errors():
+    """The library's errors for bad input (ConfigError, DMLError) raised inside as
+    ``app.UsageError``: a tool answers them in one line."""
     from dml_tf.config import ConfigError
     from dml_tf.errors import DMLError
-    from dml_tf.io_utils import read_json
 
-    path = os.path.join(config.model_dir, runner.RESULTS_FILE)
-    if os.path.isfile(path):
-        log(f"[skip] {config.model_dir} is finished; reusing its results.json")
-        try:
-            return read_json(path, RETRAIN_HINT.format(run_dir=config.model_dir))
-        except DMLError as e:
-            raise app.UsageError(str(e)) from None
-    log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
-        f"mimicry={config.mimicry}, seed={config.seed}")
     try:
-        return runner.run(config, log=log)
+        yield
     except (ConfigError, DMLError) as e:
         raise app.UsageError(str(e)) from None
-
-
-def member_accuracy(results, k):
-    """Test top-1 accuracy (fraction) of member ``k`` of a runner results dict: its
-    ``test_accuracy``, else ``test["accuracy_{k}"]``; None when neither is there."""
-    members = results.get("members") or []
-    if k < len(members) and members[k].get("test_accuracy") is not None:
-        return float(members[k]["test_accuracy"])
-    acc = (results.get("test") or {}).get(f"accuracy_{k}")
-    return None if acc is None else float(acc)
-
-
-def member_accuracies(results):
-    """Test top-1 accuracy of each member (fractions) of a runner results dict."""
-    return [float(member_accuracy(results, k)) for k in range(len(results.get("members") or []))]
 
 
 def peak_rss_mib():
@@ -250,20 +219,10 @@ def peak_rss_mib():
 
 def market_scores(model_dir, data_dir=None, batch_size=64, log=print):
     """``(member mAPs, ensemble mAP)`` (single query, fractions) of a Market-1501 run:
-    its eval.json, or ``dml_tf.evaluate.evaluate_run`` when there is none yet."""
-    from dml_tf.errors import DMLError
-    from dml_tf.io_utils import read_json
+    ``dml_tf.evaluate.evaluate_or_reuse`` (its eval.json, else an evaluation)."""
+    from dml_tf import evaluate
 
-    path = os.path.join(model_dir, "eval.json")
-    if os.path.isfile(path):
-        try:
-            ev = read_json(path, "Delete it to evaluate the run again.")
-        except DMLError as e:
-            raise app.UsageError(str(e)) from None
-    else:
-        from dml_tf.evaluate import evaluate_run
-
-        log(f"[eval] {model_dir}: Market-1501 re-id evaluation")
-        ev = evaluate_run(model_dir, data_dir=data_dir, batch_size=batch_size, verbose=0)
+    with usage_errors():
+        ev = evaluate.evaluate_or_reuse(model_dir, data_dir=data_dir, batch_size=batch_size, log=log)
     members = [float(m["single_query"]["mAP"]) for m in ev["members"] if m.get("trainable", True)]
     return members, float(ev["ensemble"]["single_query"]["mAP"])

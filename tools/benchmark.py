@@ -1,7 +1,7 @@
 r"""Throughput of DML against independent training, and of the input pipeline.
 
-  python tools/benchmark.py --output=bench.json                 # resnet32 x2, batch 64
-  python tools/benchmark.py --quick --output=/tmp/bench.json    # tiny_cnn, a few steps
+  python -m tools.benchmark --output=bench.json                 # resnet32 x2, batch 64
+  python -m tools.benchmark --quick --output=/tmp/bench.json    # tiny_cnn, a few steps
 
 In one process, on random 32x32x3 data, it builds three configurations:
 
@@ -34,7 +34,8 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
 import copy  # noqa: E402
 import gc  # noqa: E402
@@ -42,8 +43,9 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-from _common import peak_rss_mib  # noqa: E402  (puts the repository root on sys.path)
 from absl import app, flags  # noqa: E402
+
+from tools._common import peak_rss_mib  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -1,6 +1,6 @@
 """Times dml_tf.reid.evaluate on a Market-1501-sized problem of random features.
 
-    python tools/benchmark_reid_eval.py [--num_query=3368 --num_gallery=19732 --dim=1024]
+    python -m tools.benchmark_reid_eval [--num_query=3368 --num_gallery=19732 --dim=1024]
 
 Ids and cameras are drawn in Market-1501's ranges (750 test ids, cameras 1..6, about
 14% distractors (id 0) and 13% junk (id -1) in the gallery). Prints wall time and peak
@@ -15,13 +15,14 @@ import sys
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import numpy as np  # noqa: E402
-from _common import peak_rss_mib  # noqa: E402  (puts the repository root on sys.path)
-from absl import flags  # noqa: E402
+import numpy as np
+from absl import flags
 
-from dml_tf.reid.metrics import evaluate, pool_multi_query  # noqa: E402
+from dml_tf.reid.metrics import evaluate, pool_multi_query
+from tools._common import peak_rss_mib
 
 flags.DEFINE_integer("num_query", 3368, "Query images.")
 flags.DEFINE_integer("num_gallery", 19732, "Gallery images.")

@@ -1,8 +1,8 @@
 r"""Cohort size study (Fig. 3): 1..K members trained with DML, DML_e and independently.
 
-    python tools/cohort_size.py --dataset=market1501 --data_dir=.../Market-1501-v15.09.15 \
+    python -m tools.cohort_size --dataset=market1501 --data_dir=.../Market-1501-v15.09.15 \
         --net=mobilenet --max_k=5 --output_dir=runs/cohort_size
-    python tools/cohort_size.py --dataset=digits --net=tiny_cnn --max_k=3 --epochs=2 \
+    python -m tools.cohort_size --dataset=digits --net=tiny_cnn --max_k=3 --epochs=2 \
         --output_dir=/tmp/cohort_size
 
 Every cohort is one ``dml_tf.runner.run`` of a ``TrainConfig`` (``--net`` repeated K
@@ -23,11 +23,13 @@ Writes ``cohort_size.json`` and ``cohort_size.png`` (two panels, mean +- std vs 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
+
+from dml_tf import cli_flags
+from tools import _common
 
 METHODS = ("dml", "dml_e", "independent")
 
@@ -64,6 +66,8 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
     """Trains (or reuses) every cohort, writes and returns the Fig. 3 data."""
     import numpy as np
 
+    from dml_tf import run_dir, runner
+
     methods = _common.parse_choices(methods, "methods", METHODS)
     seeds = _common.parse_ints(seeds, "seeds", minimum=0)
     if max_k is None or max_k < 1:
@@ -85,12 +89,13 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
                 if config.model_dir not in cache:
                     done += 1
                     log(f"({done}/{total}) {method} K={k} seed={seed}")
-                    results = _common.train_or_reuse(config, log=log)
+                    with _common.usage_errors():
+                        results = runner.run_or_reuse(config, log=log)
                     if market:
                         cache[config.model_dir] = _common.market_scores(config.model_dir, data_dir,
                                                                         batch_size or 64, log=log)
                     else:
-                        accs = _common.member_accuracies(results)
+                        accs = run_dir.member_accuracies(results)
                         cache[config.model_dir] = (accs, _ensemble(results, accs))
                 members, ensemble = cache[config.model_dir]
                 member_scores.append(members)

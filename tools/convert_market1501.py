@@ -1,6 +1,6 @@
 """Converts the Market-1501 folders to sharded TFRecords (the original's input route).
 
-    python tools/convert_market1501.py --data_dir=.../Market-1501-v15.09.15 \
+    python -m tools.convert_market1501 --data_dir=.../Market-1501-v15.09.15 \
         [--output_dir=.../Market-1501-v15.09.15/tfrecords] [--shard_size=2000]
 
 One set of shards per split (train = bounding_box_train, gallery = bounding_box_test,
@@ -16,15 +16,17 @@ source="tfrecords") (default location data_dir/tfrecords, else tfrecord_dir=...)
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402  (puts the repository root on sys.path)
-from dml_tf import cli_flags  # noqa: E402
-from absl import app, logging  # noqa: E402
+from absl import app, logging
+
+from dml_tf import cli_flags
+from tools import _common
 
 FLAGS = _common.FLAGS
 
-# _common.define skips names another dml_tf module already defined in this process (e.g. --data_dir).
+# cli_flags.define skips names another dml_tf module already defined in this process (e.g. --data_dir).
 cli_flags.define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
 cli_flags.define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
 cli_flags.define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)

@@ -1,6 +1,6 @@
 r"""Robustness of trained members to parameter noise (Fig. 4a, 4b: DML finds wider minima).
 
-    python tools/noise_robustness.py --runs=runs/c100_dml,runs/c100_ind \
+    python -m tools.noise_robustness --runs=runs/c100_dml,runs/c100_ind \
         --sigmas=0,0.002,0.005,0.01 --draws=3 --output_dir=out/noise
 
 For every run folder written by ``python -m dml_tf.train`` and every member, loads a
@@ -23,11 +23,13 @@ semi-supervised run's unlabelled identities (a CIFAR/digits run's images keep tr
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
+
+from dml_tf import cli_flags
+from tools import _common
 
 
 def define_flags():

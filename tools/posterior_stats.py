@@ -1,6 +1,6 @@
 r"""Posterior statistics of trained cohorts (Fig. 4c, Sec. 4.8).
 
-    python tools/posterior_stats.py --runs=runs/c100_dml,runs/c100_ind --output_dir=out/posterior
+    python -m tools.posterior_stats --runs=runs/c100_dml,runs/c100_ind --output_dir=out/posterior
 
 For every run folder written by ``python -m dml_tf.train`` (results.json + member_k.keras;
 its config gives dataset, data_dir, batch size and, for Market-1501, the image size) and
@@ -24,13 +24,14 @@ the probabilities need no labels, so a semi-supervised run's unlabelled images c
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
 
-from dml_tf.paper import POSTERIOR_ENTROPY as PAPER  # noqa: E402
+from dml_tf import cli_flags
+from dml_tf.paper import POSTERIOR_ENTROPY as PAPER
+from tools import _common
 
 
 def define_flags():

@@ -1,6 +1,6 @@
 r"""Our numbers next to the paper's: a Markdown table of finished runs (Tables 2-5).
 
-    python tools/report.py --runs_dir=runs --output=report.md
+    python -m tools.report --runs_dir=runs --output=report.md
 
 Every folder under ``--runs_dir`` (at any depth) holding a ``results.json`` written by
 ``python -m dml_tf.train`` is one run. Its ``config`` (dataset, nets, mode, pretrained,
@@ -24,18 +24,17 @@ scatter) beside it, atomically. The paper's numbers (Zhang et al., "Deep Mutual 
 CVPR 2018, Tables 2-5) are in ``dml_tf/paper.py``.
 """
 
-import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
 
-from dml_tf.paper import (SOURCE, TABLE2_DML, TABLE2_INDEPENDENT, TABLE3, TABLE4_DISTILL,  # noqa: E402
-                          TABLE4_MARKET, TABLE5)
+from dml_tf import cli_flags
+from dml_tf.paper import SOURCE, TABLE2_DML, TABLE2_INDEPENDENT, TABLE3, TABLE4_DISTILL, TABLE4_MARKET, TABLE5
+from tools import _common
 
 NO_MATCH = ("No run matches a setting of the paper's Tables 2-5 (nets, dataset and mode), so there "
             "is nothing to plot against the paper.")
@@ -59,11 +58,13 @@ def define_flags():
 
 
 def find_runs(runs_dir):
-    """Sorted folders under ``runs_dir`` (itself included) holding a results.json."""
+    """Sorted folders under ``runs_dir`` (itself included) holding a finished run."""
+    from dml_tf import run_dir
+
     found = []
     for root, dirs, files in os.walk(runs_dir):
-        dirs[:] = sorted(d for d in dirs if d not in ("backup", "logs"))
-        if "results.json" in files:
+        dirs[:] = sorted(d for d in dirs if d not in (run_dir.BACKUP_DIR, run_dir.LOGS_DIR))
+        if run_dir.RESULTS_FILE in files:
             found.append(root)
     return sorted(found)
 
@@ -73,7 +74,9 @@ def _pct(x):
 
 
 def _member_accuracy(results, k):
-    return _pct(_common.member_accuracy(results, k))
+    from dml_tf import run_dir
+
+    return _pct(run_dir.member_accuracy(results, k))
 
 
 def _get(d, *keys):
@@ -152,18 +155,12 @@ def _fmt(x, signed=False):
 def build(runs_dir, run_dirs=None):
     """``(matched rows, unmatched runs)`` for every run under ``runs_dir`` (``run_dirs``:
     what :func:`find_runs` found there, when it was already called)."""
+    from dml_tf import run_dir as run_folder
+
     rows, unmatched = [], []
     for run_dir in find_runs(runs_dir) if run_dirs is None else run_dirs:
-        with open(os.path.join(run_dir, "results.json")) as f:
-            try:
-                results = json.load(f)
-            except json.JSONDecodeError as e:
-                raise app.UsageError(f"{run_dir}/results.json is not valid JSON ({e}).") from None
-        eval_results = None
-        eval_path = os.path.join(run_dir, "eval.json")
-        if os.path.isfile(eval_path):
-            with open(eval_path) as f:
-                eval_results = json.load(f)
+        with _common.usage_errors():
+            results, eval_results = run_folder.read_results(run_dir), run_folder.read_eval(run_dir)
         name = os.path.relpath(run_dir, runs_dir)
         matched = match_run(results, eval_results)
         for row in matched:

@@ -1,8 +1,8 @@
 r"""Semi-supervised DML (Fig. 6, Sec. 3.4/4.10): accuracy (or mAP) vs labelled data.
 
-    python tools/semi_supervised.py --dataset=cifar100 --data_dir=... --net=resnet32 \
+    python -m tools.semi_supervised --dataset=cifar100 --data_dir=... --net=resnet32 \
         --fractions=0.1,0.25,0.5,1 --output_dir=runs/semi
-    python tools/semi_supervised.py --dataset=market1501 --data_dir=... --net=mobilenet \
+    python -m tools.semi_supervised --dataset=market1501 --data_dir=... --net=mobilenet \
         --labeled_ids=100,200,400,751 --output_dir=runs/semi_market
 
 For each labelled amount (``--fractions``: ``TrainConfig.labeled_fraction``, the fraction of
@@ -10,8 +10,8 @@ each class's training images that keep their label, CIFAR/digits; or ``--labeled
 ``TrainConfig.labeled_ids``, identities that keep their labels, Market-1501) and seed,
 three runs of ``dml_tf.runner.run`` into subfolders of ``--output_dir``:
 
-* ``single``: one network trained on the labelled images only (``semi="labelled"``);
-* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labelled"``);
+* ``single``: one network trained on the labelled images only (``semi="labeled"``);
+* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labeled"``);
 * ``dml_all``: a DML pair, cross-entropy on the labelled images and the mimicry (KL)
   term on ALL training images (``semi="all"``, the paper's semi-supervised DML).
 
@@ -24,11 +24,13 @@ member's test top-1 (classification) or single-query mAP (Market, via
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
+
+from dml_tf import cli_flags
+from tools import _common
 
 METHODS = ("single", "dml_labelled", "dml_all")
 LABELS = {"single": "single network (labelled)", "dml_labelled": "DML-labelled", "dml_all": "DML-all"}
@@ -60,6 +62,8 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
     """Trains (or reuses) every run of the sweep; writes and returns the Fig. 6 data."""
     import numpy as np
 
+    from dml_tf import run_dir, runner
+
     _common.check_dataset(dataset)
     market = dataset == "market1501"
     if market:
@@ -89,11 +93,12 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
                 done += 1
                 log(f"({done}/{total}) {method} {'labeled_ids' if market else 'labeled_fraction'}={amount} "
                     f"seed={seed}")
-                results = _common.train_or_reuse(config, log=log)
+                with _common.usage_errors():
+                    results = runner.run_or_reuse(config, log=log)
                 if market:
                     members, _ = _common.market_scores(config.model_dir, data_dir, batch_size or 64, log=log)
                 else:
-                    members = _common.member_accuracies(results)
+                    members = run_dir.member_accuracies(results)
                 scores.append(members)
                 run_dirs.append(os.path.relpath(config.model_dir, output_dir))
             flat = [s for run in scores for s in run]

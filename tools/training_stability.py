@@ -1,6 +1,6 @@
 r"""What happens in the first steps of training: DML against independent training.
 
-    python tools/training_stability.py --dataset=cifar10 --data_dir=DIR \
+    python -m tools.training_stability --dataset=cifar10 --data_dir=DIR \
         --nets=resnet32,resnet32 --steps=300 --conditions=dml,independent --output_dir=out/stability
 
 For each condition (``dml``, ``independent``; add ``:warmup=E`` for a linear learning-rate
@@ -29,11 +29,13 @@ one line a member and condition).
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
+
+from dml_tf import cli_flags
+from tools import _common
 
 QUANTITIES = ("ce", "mimicry", "batch_accuracy", "logit_std", "feature_norm", "dead_features",
               "relu_zero", "grad_ce", "grad_mimicry", "grad_cosine", "weight_norm")
@@ -133,8 +135,6 @@ def run_condition(condition, dataset, data_dir, nets, steps, every, seed, log=pr
 
     from dml_tf import config as cfg
     from dml_tf import runner
-    from dml_tf.cohort import MutualLearningModel
-    from dml_tf.schedules import make_optimizer
 
     mode, overrides = parse_condition(condition)
     config = cfg.TrainConfig(dataset=dataset, data_dir=data_dir, nets=tuple(nets), mode=mode, seed=seed,
@@ -142,13 +142,8 @@ def run_condition(condition, dataset, data_dir, nets, steps, every, seed, log=pr
     keras.utils.set_random_seed(seed)
     bundle = runner.load_data(config)
     steps_per_epoch = -(-bundle.train_size // config.batch_size)
-    members = runner.build_members(config, bundle)
-    cohort = MutualLearningModel(members, update=config.update, mimicry=config.mimicry,
-                                 mimicry_weight=config.member_mimicry_weight(),
-                                 peer_reduction=config.peer_reduction,
-                                 label_smoothing=config.label_smoothing)
-    cohort.compile(optimizer=[make_optimizer(config, steps_per_epoch, name=f"opt_{k}")
-                              for k in range(len(members))])
+    cohort = runner.build_cohort(config, bundle, steps_per_epoch)
+    members = cohort.members
     measure = make_measure(cohort, _probe_models(members))
     record = {"steps": [], "members": [[] for _ in members]}
     stream = iter(bundle.train.repeat())

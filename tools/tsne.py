@@ -1,7 +1,7 @@
 r"""2-D t-SNE of the members' features (Fig. 5: DML vs independent feature spaces).
 
-    python tools/tsne.py --runs=runs/c100_dml,runs/c100_ind --limit=2000 --output_dir=out/tsne
-    python tools/tsne.py --runs=runs/market_dml,runs/market_ind --identities=10 \
+    python -m tools.tsne --runs=runs/c100_dml,runs/c100_ind --limit=2000 --output_dir=out/tsne
+    python -m tools.tsne --runs=runs/market_dml,runs/market_ind --identities=10 \
         --perplexity=10 --output_dir=out/tsne_market
 
 For every run folder written by ``python -m dml_tf.train`` and every member (``--members``,
@@ -18,11 +18,13 @@ panel per run and member). Datasets: digits, cifar10, cifar100, market1501.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__" and not __package__:  # started as python tools/NAME.py
+    sys.exit(f"Run it from the repository root as: python -m tools.{os.path.basename(__file__)[:-3]}")
 
-import _common  # noqa: E402
-from dml_tf import cli_flags  # noqa: E402
-from absl import app  # noqa: E402
+from absl import app
+
+from dml_tf import cli_flags
+from tools import _common
 
 
 def define_flags():

@@ -28,6 +28,7 @@ Shuffling/augmentation determinism: :mod:`dml_tf.data.pipeline`.
 """
 
 import importlib
+import io
 import logging
 import os
 import pickle
@@ -121,8 +122,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _unpickle(raw, source):
-    import io
-
     try:
         return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as err:  # pickle raises many types on bad input
@@ -328,8 +327,8 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
       data_dir: folder with the official archive or its extracted folder; None
         reads through tensorflow-datasets.
       batch_size: images per batch (train and test).
-      seed: drives shuffling, augmentation and the labelled subset.
-      labeled_fraction: in (0, 1]; keeps that fraction of each class labelled
+      seed: drives shuffling, augmentation and the labeled subset.
+      labeled_fraction: in (0, 1]; keeps that fraction of each class labeled
         (rounded, at least one image per class, chosen by ``seed``) and labels the
         rest -1 (semi-supervised DML).
       shuffle_buffer: tf.data shuffle buffer; None = the whole training set.

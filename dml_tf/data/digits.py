@@ -19,6 +19,8 @@ handwritten digits (values 0..16), 10 classes.
 import logging
 
 import numpy as np
+import tensorflow as tf
+from sklearn.datasets import load_digits
 
 from dml_tf.data import augment, pipeline
 
@@ -36,7 +38,7 @@ def split_indices(labels, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED):
 
     Per class, ``round(test_fraction * n_class)`` (half up, at least one) images
     chosen by ``np.random.default_rng(split_seed)`` go to test, the rest to train:
-    the draw of :func:`dml_tf.data.pipeline.select_labeled`, whose "labelled" images
+    the draw of :func:`dml_tf.data.pipeline.select_labeled`, whose "labeled" images
     are the test images here (``test_fraction`` in (0, 1]).
     """
     test_mask = pipeline.select_labeled(labels, test_fraction, split_seed)[1]
@@ -45,8 +47,6 @@ def split_indices(labels, test_fraction=TEST_FRACTION, split_seed=SPLIT_SEED):
 
 def to_network_images(images8x8):
     """``(N, 8, 8)`` sklearn digits (0..16) -> float32 ``(N, 32, 32, 3)`` in [0, 1]."""
-    import tensorflow as tf
-
     x = np.asarray(images8x8, np.float32)[..., None] / 16.0
     x = tf.image.resize(x, IMAGE_SHAPE[:2], method="bilinear").numpy()
     return np.clip(np.repeat(x, 3, axis=-1), 0.0, 1.0).astype(np.float32)
@@ -55,8 +55,6 @@ def to_network_images(images8x8):
 def load_arrays():
     """The split digits: dict of ``train_images``/``test_images`` (float32 NHWC in
     [0, 1], 32x32x3) and ``train_labels``/``test_labels`` (int32)."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     images = to_network_images(digits.images)
     labels = digits.target.astype(np.int32)

@@ -26,17 +26,22 @@ reshuffling buffer, and per-image stateless seeds from a zipped
 ``labeled_fraction < 1``: an image keeps its label when a fingerprint of
 ``(file_name, seed)`` falls below the fraction -- about that fraction of every
 class, decided per image without a pass over the 1.28M labels (so, unlike CIFAR,
-not an exact per-class count); the others are labelled -1.
+not an exact per-class count); the others are labeled -1.
 """
 
 import logging
 import os
+
+import tensorflow as tf
 
 from dml_tf.data import augment, pipeline
 from dml_tf.data.base import DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
+
+# tensorflow_datasets is imported inside _prepare and load only: its import takes seconds,
+# and the preprocessing functions here are used (and tested) without it.
 
 NAME = "imagenet2012"
 MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
@@ -75,8 +80,6 @@ def _prepare(builder, data_dir):
 
 def _split_size(builder, split, dataset):
     """Examples in ``split``: from the data set info, else (mock data) counted."""
-    import tensorflow as tf
-
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError):
@@ -93,15 +96,11 @@ def eval_resize_size(image_size):
 
 def to_signed_unit(image):
     """Pixel values in [0, 255] -> float32 in [-1, 1]."""
-    import tensorflow as tf
-
     return tf.clip_by_value(tf.cast(image, tf.float32) / 127.5 - 1.0, -1.0, 1.0)
 
 
 def preprocess_train(encoded, seed, image_size):
     """JPEG bytes -> random-resized crop + random flip, float32 [-1, 1] (stateless)."""
-    import tensorflow as tf
-
     box_seed, flip_seed = tf.unstack(augment.split_seed(seed, 2))
     shape = tf.image.extract_jpeg_shape(encoded)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -123,8 +122,6 @@ def preprocess_train(encoded, seed, image_size):
 
 def preprocess_eval(encoded, image_size):
     """JPEG bytes -> shorter side to ``eval_resize_size`` + central crop, [-1, 1]."""
-    import tensorflow as tf
-
     image = tf.image.decode_jpeg(encoded, channels=3)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = eval_resize_size(image_size) / tf.reduce_min(shape)
@@ -137,9 +134,7 @@ def preprocess_eval(encoded, image_size):
 
 
 def labeled_keep(file_name, labeled_fraction, seed):
-    """Whether an image stays labelled: fingerprint of ``file_name:seed`` < fraction."""
-    import tensorflow as tf
-
+    """Whether an image stays labeled: fingerprint of ``file_name:seed`` < fraction."""
     key = tf.strings.join([file_name, tf.constant(f":{seed}")])
     bucket = tf.strings.to_hash_bucket_fast(key, _HASH_BUCKETS)
     return bucket < int(labeled_fraction * _HASH_BUCKETS)
@@ -164,7 +159,6 @@ def load(
       shuffle_buffer: examples in the shuffle buffer (after file shuffling).
       tfds_data_dir: where tfds keeps the prepared TFRecords (None = its default).
     """
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     batch_size = pipeline.check_positive_int("batch_size", batch_size)

@@ -1,4 +1,6 @@
-"""Shared ``tf.data`` helpers of the in-memory classification datasets (CIFAR, digits).
+"""Shared helpers of the loaders: argument checks, the labeled subset and the images an
+analysis keeps, and the ``tf.data`` pipelines of the in-memory classification datasets
+(CIFAR, digits).
 
 Determinism (``train``): the same ``seed`` gives the same batches in the same order,
 epoch after epoch, in every pipeline built with it.
@@ -61,7 +63,7 @@ def check_labeled_fraction(labeled_fraction):
 
 
 def per_class_count(class_size, fraction):
-    """How many of ``class_size`` images stay labelled: ``fraction * class_size``
+    """How many of ``class_size`` images stay labeled: ``fraction * class_size``
     rounded half up, at least 1 (0 for an empty class)."""
     if class_size == 0:
         return 0
@@ -69,11 +71,11 @@ def per_class_count(class_size, fraction):
 
 
 def select_labeled(labels, labeled_fraction, seed):
-    """Semi-supervised split: keeps ``labeled_fraction`` of each class labelled.
+    """Semi-supervised split: keeps ``labeled_fraction`` of each class labeled.
 
     For each class ``c`` (ascending), :func:`per_class_count` of its images, drawn
     without replacement by ``np.random.default_rng(seed)``, keep their label; the
-    others get label ``-1``.  Returns ``(new int32 labels, labelled boolean mask)``.
+    others get label ``-1``.  Returns ``(new int32 labels, labeled boolean mask)``.
     ``labeled_fraction == 1`` returns the labels unchanged.
     """
     fraction = check_labeled_fraction(labeled_fraction)
@@ -87,6 +89,26 @@ def select_labeled(labels, labeled_fraction, seed):
         keep = rng.permutation(members)[: per_class_count(len(members), fraction)]
         mask[keep] = True
     return np.where(mask, labels, np.int32(-1)).astype(np.int32), mask
+
+
+def select_images(labels, identities=None, limit=None):
+    """Indices (stored order) of the images an analysis keeps (tools/tsne.py, Fig. 5).
+
+    ``identities``: only images whose label is one of the first ``identities``
+    distinct labels >= 0 in sorted order (-1, an unlabeled image, is no identity);
+    then ``limit``: the first ``limit`` of those. ValueError when none is left.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    for name, value in (("identities", identities), ("limit", limit)):
+        if value is not None:
+            check_positive_int(name, value)
+    keep = np.arange(len(labels))
+    if identities is not None:
+        keep = np.flatnonzero(np.isin(labels, np.unique(labels[labels >= 0])[:identities]))
+    keep = keep[:limit]
+    if not len(keep):
+        raise ValueError(f"No image is left to analyse (identities={identities}, limit={limit}).")
+    return keep
 
 
 def to_unit_float(image):
@@ -136,7 +158,7 @@ def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuff
     """One shuffled, augmented, standardised epoch of ``(images, labels)`` per iteration.
 
     ``images``: NHWC uint8 (or float in [0, 1]) array; ``labels``: int (``-1`` =
-    unlabelled).  ``augment_fn(image_in_[0,1], seed) -> image`` gets a shape-[2] seed.
+    unlabeled).  ``augment_fn(image_in_[0,1], seed) -> image`` gets a shape-[2] seed.
     ``shuffle_buffer`` defaults to the whole training set (a full shuffle of indices,
     cheap).  Yields ``(float32 [b, H, W, C], int32 [b])``; see the module docstring
     for how the stream is made deterministic.
@@ -206,7 +228,7 @@ def classification_bundle(
     Checks the arguments, then calls ``load_arrays()`` for a dict with
     ``train_images``/``test_images`` (NHWC uint8, or float in [0, 1]) and
     ``train_labels``/``test_labels``; keeps ``labeled_fraction`` of each class
-    labelled (:func:`select_labeled`, drawn by ``seed``), standardises with the
+    labeled (:func:`select_labeled`, drawn by ``seed``), standardises with the
     training images' :func:`channel_stats`, and builds :func:`train_dataset` (with
     ``augment_fn``) and :func:`eval_dataset`, both of ``batch_size``.
 

@@ -76,7 +76,7 @@ def _power_of_two_scale(max_abs):
     return np.where(max_abs > 0, np.ldexp(1.0, -exponent), 1.0)
 
 
-def l2_normalise(x):
+def l2_normalize(x):
     """Rows of ``(N, D)`` ``x`` divided by their L2 norm (zero rows stay zero).
 
     Each row is first scaled by a power of two that brings its largest entry into
@@ -116,7 +116,7 @@ def evaluate(
         rank); ``"standard"``: non-interpolated AP, the mean of the precision at each
         true match (what most Python re-id libraries report). They differ slightly.
       metric: ``"euclidean"`` (ranked by squared Euclidean distance, the same order as
-        Euclidean) or ``"cosine"`` (features L2-normalised, ranked by ``1 - cos``).
+        Euclidean) or ``"cosine"`` (features L2-normalized, ranked by ``1 - cos``).
       chunk_size: queries scored per step; memory grows linearly with it (about
         ``chunk_size * G * 30`` bytes).
 
@@ -158,7 +158,7 @@ def evaluate(
 
     num_gallery = len(gf)
     if metric == "cosine":
-        qf, gf = l2_normalise(qf), l2_normalise(gf)
+        qf, gf = l2_normalize(qf), l2_normalize(gf)
         g_sq = None
     else:
         # One power-of-two scale for both sets (exact, so the ranking is unchanged) keeps
