@@ -340,9 +340,9 @@ def write(comparison, output_dir, log=print):
 
 
 def define_flags():
-    if "output_dir" not in FLAGS:
-        flags.DEFINE_string("output_dir", None, "Where compare.json and compare.png go "
-                            "(default: the folder holding the first run).")
+    from dml_tf import cli_flags
+
+    cli_flags.define_compare_flags()
 
 
 def main(argv):

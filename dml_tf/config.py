@@ -1,130 +1,159 @@
-"""Training configuration: the paper's per-dataset defaults, resolved and checked.
+"""Training configuration: every setting of a run, declared once, resolved and checked.
 
-A ``TrainConfig`` holds every setting of one run. ``dml_tf.train`` fills it from
-absl flags; library users can build one directly and call
-``dml_tf.runner.run(config)``. Fields left ``None`` take the dataset's default
-from ``DATASET_DEFAULTS``: the paper's settings (Sec. 4.1), completed where it is
-silent from the sources named beside each entry (the README's "Paper vs original
-code" table lists them).
+A ``TrainConfig`` holds every setting of one run. Each field carries its help text, its
+choices or range and, when it has one, the value it falls back to when the dataset sets
+none (``dataclasses.field(metadata=...)``, see :func:`setting`): ``dml_tf.cli_flags``
+makes the absl flags of ``python -m dml_tf.train`` from them, and :meth:`TrainConfig.check`
+validates with them. Library users build a ``TrainConfig`` directly and call
+``dml_tf.runner.run(config)``. Fields left ``None`` take the dataset's default from
+``dml_tf.paper.DATASET_DEFAULTS`` (the paper's settings, Sec. 4.1).
 """
 
 import dataclasses
 import math
 from typing import Optional, Sequence
 
+from dml_tf import nets as dml_nets
+from dml_tf.cohort import MEMBER_BATCHES, UPDATES
+from dml_tf.losses import MIMICRY_MODES, PEER_REDUCTIONS
+from dml_tf.paper import DATASET_DEFAULTS
 from dml_tf.placement import PLACEMENTS
 
 MODES = ("dml", "independent", "distill")
 OPTIMIZERS = ("sgd", "adam", "rmsprop")
 LR_SCHEDULES = ("constant", "step", "exponential")
-SEMI = ("all", "labelled")
+SEMI = ("all", "labeled")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-# The paper's settings per dataset (Sec. 4.1) and where they come from when the paper is silent.
-DATASET_DEFAULTS = {
-    # CIFAR: the paper's SGD + Nesterov 0.9, LR 0.1 x0.1 every 60 epochs, 200 epochs,
-    # batch 64; weight decay 5e-4 from WRN (Zagoruyko & Komodakis 2016), whose settings
-    # the paper says it follows, not from the DML paper.
-    # Departure: a 2-epoch linear learning-rate warm-up (README, "Training stability": at
-    # LR 0.1 from step 0, a ResNet-32 DML cohort dies on real CIFAR images in its first
-    # 20 steps); --warmup_epochs=0 is the paper's exact schedule.
-    "cifar10": dict(optimizer="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
-                    lr_schedule="step", lr_decay_epochs=(60, 120, 180), lr_decay_rate=0.1,
-                    epochs=200, batch_size=64, weight_decay=5e-4, label_smoothing=0.0,
-                    warmup_epochs=2.0),
-    # Market-1501: the paper's Adam lr 2e-4, beta1 0.5, beta2 0.999, batch 16; the
-    # released scripts' eps 1e-8, label smoothing 0.1, slim weight decay 4e-5 and weight
-    # moving average 0.9999 (restored for evaluation); their 200,000 iterations at batch
-    # 16 over 12,936 images = 248 epochs.
-    "market1501": dict(optimizer="adam", learning_rate=2e-4, beta1=0.5, beta2=0.999,
-                       adam_epsilon=1e-8, lr_schedule="constant", epochs=248, batch_size=16,
-                       weight_decay=4e-5, label_smoothing=0.1, ema_decay=0.9999,
-                       image_size=(224, 224)),
-    # ImageNet: the paper's RMSProp decay 0.9, batch 64, LR 0.1 decayed every 20 epochs
-    # by an exponential rate of 0.16; momentum 0.9, epsilon 1.0 and weight decay 4e-5 are
-    # TF-slim's defaults (train_image_classifier.py, the authors' recipe); the paper gives
-    # no epoch count (we use 100).
-    "imagenet2012": dict(optimizer="rmsprop", learning_rate=0.1, rmsprop_decay=0.9,
-                         rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
-                         lr_schedule="exponential", lr_decay_every=20, lr_decay_rate=0.16,
-                         epochs=100, batch_size=64, weight_decay=4e-5, label_smoothing=0.0,
-                         image_size=(224, 224)),
-}
-DATASET_DEFAULTS["cifar100"] = dict(DATASET_DEFAULTS["cifar10"])
-# The embedded default: the CIFAR recipe, shortened to run in minutes on a CPU, with
-# LR 0.01 (at 0.05 or 0.1, resnet32 on the upsampled 8x8 digits diverges in its first
-# steps and a DML cohort then settles on near-uniform predictions for epochs).
-DATASET_DEFAULTS["digits"] = dict(DATASET_DEFAULTS["cifar10"], epochs=8, lr_decay_epochs=(6,),
-                                  learning_rate=0.01, warmup_epochs=0.0)
-
-GENERIC_DEFAULTS = dict(warmup_epochs=0.0, momentum=0.9, nesterov=False, beta1=0.9, beta2=0.999, adam_epsilon=1e-7,
-                        rmsprop_decay=0.9, rmsprop_momentum=0.9, rmsprop_epsilon=1.0,
-                        lr_decay_epochs=(), lr_decay_rate=0.1, lr_decay_every=1,
-                        image_size=None, ema_decay=0.0)
-
-
-# Fields that say where and how a run executes, not what it computes: a run resumed
-# with other values of these continues the same training. Every other field of
-# ``TrainConfig`` (new ones included) must match the checkpoint's on resume.
-RUN_ONLY_FIELDS = ("model_dir", "data_dir", "overwrite", "verbose", "strategy", "jit_compile",
-                   "placement")
 
 
 class ConfigError(ValueError):
     """A setting is out of range or inconsistent with the others."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values from ``low`` to ``high`` (None: unbounded); ``closed`` says which ends belong."""
+
+    low: float
+    high: Optional[float] = None
+    closed: str = "[)"
+
+    def __contains__(self, value):
+        above = value >= self.low if self.closed[0] == "[" else value > self.low
+        below = self.high is None or (value <= self.high if self.closed[1] == "]" else value < self.high)
+        return above and below
+
+    def __str__(self):
+        if self.high is None:
+            return "positive" if (self.low, self.closed[0]) == (0, "(") else f">= {self.low}"
+        return f"in {self.closed[0]}{self.low}, {self.high}{self.closed[1]}"
+
+
+POSITIVE = Range(0, closed="()")
+NON_NEGATIVE = Range(0)
+UNIT = Range(0, 1, "[)")  # [0, 1): decays, momenta, smoothing
+FRACTION = Range(0, 1, "(]")  # (0, 1]
+
+
+def setting(default, help, choices=None, range=None, fallback=None, aliases=None, run_only=False):
+    """A ``TrainConfig`` field: its ``default``, the ``help`` of its flag, the allowed
+    ``choices`` or ``range`` (checked unless the value is None), the ``fallback`` a
+    ``None`` takes when the dataset sets none, old spellings (``aliases``: old -> new)
+    and ``run_only``: it says where and how a run executes, not what it computes (a run
+    resumed with another value continues the same training)."""
+    return dataclasses.field(default=default, metadata=dict(
+        help=help, choices=choices, range=range, fallback=fallback, aliases=aliases or {},
+        run_only=run_only))
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    dataset: str = "digits"
-    nets: Sequence[str] = ("resnet32", "resnet32")
-    model_dir: str = "runs/default"
-    data_dir: Optional[str] = None
-    mode: str = "dml"
-    teacher: Sequence[str] = ()
-    update: str = "sequential"
-    member_batches: str = "shared"
-    mimicry: str = "kl"
-    mimicry_weight: float = 1.0
-    peer_reduction: str = "mean"
-    entropy_weight: float = 0.0
-    feature_l2_weight: float = 0.0
-    label_smoothing: Optional[float] = None
-    weight_decay: Optional[float] = None
-    epochs: Optional[int] = None
-    steps_per_epoch: Optional[int] = None
-    batch_size: Optional[int] = None
-    seed: int = 0
-    optimizer: Optional[str] = None
-    learning_rate: Optional[float] = None
-    momentum: Optional[float] = None
-    nesterov: Optional[bool] = None
-    beta1: Optional[float] = None
-    beta2: Optional[float] = None
-    adam_epsilon: Optional[float] = None
-    rmsprop_decay: Optional[float] = None
-    rmsprop_momentum: Optional[float] = None
-    rmsprop_epsilon: Optional[float] = None
-    lr_schedule: Optional[str] = None
-    lr_decay_epochs: Optional[Sequence[int]] = None
-    lr_decay_rate: Optional[float] = None
-    lr_decay_every: Optional[int] = None
-    warmup_epochs: Optional[float] = None
-    ema_decay: Optional[float] = None
-    ema_batch_norm: bool = True
-    image_size: Optional[Sequence[int]] = None
-    pretrained: Optional[str] = None
-    bn_momentum: Optional[float] = None
-    labeled_fraction: float = 1.0
-    labeled_ids: Optional[int] = None
-    semi: str = "all"
-    strategy: str = "default"
-    jit_compile: bool = False
-    placement: str = "none"
-    mixed_precision: str = "float32"
-    overwrite: bool = False
-    verbose: Optional[int] = None
+    dataset: str = setting("digits", "One of " + ", ".join(sorted(DATASET_DEFAULTS)) +
+                           "; digits is embedded (scikit-learn's, no download).")
+    nets: Sequence[str] = setting(("resnet32", "resnet32"), "Comma list of networks, each one of "
+                                  + ", ".join(dml_nets.names()) + "; K = its length.")
+    model_dir: str = setting("runs/default", "Output folder (checkpoints, logs, results).", run_only=True)
+    data_dir: Optional[str] = setting(None, "Local copy of the dataset (archives or folders).",
+                                      run_only=True)
+    mode: str = setting("dml", "dml; independent (same nets and data order, no mimicry); distill "
+                        "(last net learns from the frozen earlier ones, --teacher).", choices=MODES)
+    teacher: Sequence[str] = setting((), "Saved teacher member files (.keras), one per teacher net.")
+    update: str = setting("sequential", "Algorithm 1 (sequential) or the distributed variant of "
+                          "Sec. 4.5.", choices=UPDATES)
+    member_batches: str = setting(
+        "shared", "shared: every member trains on the same mini-batch (the paper); separate: each "
+        "on its own --batch_size images, one after the other (the original code's one train op "
+        "per network); an epoch is then 1/K the steps.", choices=MEMBER_BATCHES)
+    mimicry: str = setting("kl", "kl (Eq. 10), js (Eq. 7) or ensemble (DML_e, Eq. 11).",
+                           choices=MIMICRY_MODES)
+    mimicry_weight: float = setting(1.0, "Weight of the mimicry term.", range=NON_NEGATIVE)
+    peer_reduction: str = setting("mean", "mean: 1/(K-1) as Eq. 10; sum: the original code.",
+                                  choices=PEER_REDUCTIONS)
+    entropy_weight: float = setting(0.0, "Confidence penalty (Table 5 'Independent, Entropy').",
+                                    range=NON_NEGATIVE)
+    feature_l2_weight: float = setting(0.0, "L2 between members' features (Table 5 'DML, L2').",
+                                       range=NON_NEGATIVE)
+    label_smoothing: Optional[float] = setting(None, "Label smoothing (dataset default).", range=UNIT)
+    weight_decay: Optional[float] = setting(None, "L2 weight decay (dataset default).", range=NON_NEGATIVE)
+    epochs: Optional[int] = setting(None, "Training epochs (dataset default).", range=POSITIVE)
+    steps_per_epoch: Optional[int] = setting(None, "Steps per epoch (default: one pass).", range=POSITIVE)
+    batch_size: Optional[int] = setting(None, "Global batch size (dataset default).", range=POSITIVE)
+    seed: int = setting(0, "Seed of data order, augmentation and initialization.")
+    optimizer: Optional[str] = setting(None, "Optimizer (dataset default).", choices=OPTIMIZERS)
+    learning_rate: Optional[float] = setting(None, "Initial learning rate (dataset default).",
+                                             range=POSITIVE)
+    momentum: Optional[float] = setting(None, "SGD momentum.", fallback=0.9)
+    nesterov: Optional[bool] = setting(None, "SGD Nesterov momentum.", fallback=False)
+    beta1: Optional[float] = setting(None, "Adam beta1.", fallback=0.9)
+    beta2: Optional[float] = setting(None, "Adam beta2.", fallback=0.999)
+    adam_epsilon: Optional[float] = setting(None, "Adam epsilon.", fallback=1e-7)
+    rmsprop_decay: Optional[float] = setting(None, "RMSProp decay (rho).", fallback=0.9)
+    rmsprop_momentum: Optional[float] = setting(None, "RMSProp momentum (default 0.9, TF-slim's).",
+                                                range=UNIT, fallback=0.9)
+    rmsprop_epsilon: Optional[float] = setting(None, "RMSProp epsilon, inside the square root as "
+                                               "in TF1 (default 1.0, TF-slim's opt_epsilon).",
+                                               range=POSITIVE, fallback=1.0)
+    lr_schedule: Optional[str] = setting(None, "constant; step (x lr_decay_rate at lr_decay_epochs); "
+                                         "exponential (x lr_decay_rate every lr_decay_every epochs).",
+                                         choices=LR_SCHEDULES)
+    lr_decay_epochs: Optional[Sequence[int]] = setting(None, "Epochs at which a step schedule decays.",
+                                                       range=POSITIVE, fallback=())
+    lr_decay_rate: Optional[float] = setting(None, "Decay factor of the schedule.", fallback=0.1)
+    lr_decay_every: Optional[int] = setting(None, "Epochs between exponential decays.",
+                                            range=POSITIVE, fallback=1)
+    warmup_epochs: Optional[float] = setting(
+        None, "Linear learning-rate warm-up over this many epochs, DML and independent alike "
+        '(dataset default; 0: the paper\'s exact schedule; see the README, "Training stability").',
+        range=NON_NEGATIVE, fallback=0.0)
+    ema_decay: Optional[float] = setting(
+        None, "Decay of the weight moving average that replaces the weights at the end (0: off; "
+        "dataset default: 0.9999 for Market-1501, as the original code, else 0).",
+        range=UNIT, fallback=0.0)
+    ema_batch_norm: bool = setting(True, "With --ema_decay, average the batch-norm moving statistics "
+                                   "too, as the original code (all model variables); False: the "
+                                   "trainable weights only, as Keras.")
+    image_size: Optional[Sequence[int]] = setting(None, "H,W network input (Market-1501, ImageNet).",
+                                                  range=POSITIVE)
+    pretrained: Optional[str] = setting(None, "'imagenet' or a weights file for the members.")
+    bn_momentum: Optional[float] = setting(None, "Batch-norm momentum (= TF-slim decay) of every "
+                                           "member; default each net's own: 0.9997 for mobilenet / "
+                                           "inception_v1 (TF-slim), 0.9 else.", range=UNIT)
+    labeled_fraction: float = setting(1.0, "Fraction of training images labeled (CIFAR).", range=FRACTION)
+    labeled_ids: Optional[int] = setting(None, "Labeled identities (Market-1501).", range=POSITIVE)
+    semi: str = setting("all", "all: mimicry on all data (DML-all); labeled: labeled data only "
+                        "(DML-labeled; 'labelled' is accepted too).", choices=SEMI,
+                        aliases={"labelled": "labeled"})
+    strategy: str = setting("default", "tf.distribute strategy.", choices=STRATEGIES, run_only=True)
+    jit_compile: bool = setting(False, "Compile the train step with XLA.", run_only=True)
+    placement: str = setting("none", "none, or per_member: member k on device k mod N (Sec. 4.5).",
+                             choices=PLACEMENTS, run_only=True)
+    mixed_precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS)
+    overwrite: bool = setting(False, "Start afresh in --model_dir: replace a finished run and "
+                              "discard the checkpoint of an interrupted one.", run_only=True)
+    verbose: Optional[int] = setting(None, "Default: a table per epoch, a row per member (and a step "
+                                     "counter on a terminal); 0: silent; 1 / 2: Keras' progress "
+                                     "bar / line of every metric.", run_only=True)
 
     def resolved(self):
         """A copy with the dataset defaults filled in, checked; raises ConfigError."""
@@ -137,62 +166,36 @@ class TrainConfig:
         for key, default in defaults.items():
             if values.get(key) is None:
                 values[key] = default
+        for name, value in values.items():
+            values[name] = current_spelling(name, value)
         config = TrainConfig(**values)
         config.nets = tuple(config.nets)
         config.teacher = tuple(config.teacher or ())
-        config.lr_decay_epochs = tuple(int(e) for e in config.lr_decay_epochs)
+        config.lr_decay_epochs = integers("lr_decay_epochs", config.lr_decay_epochs)
         if config.image_size is not None:
-            config.image_size = tuple(int(s) for s in config.image_size)
+            config.image_size = integers("image_size", config.image_size)
         config.check()
         return config
 
     def check(self):
+        """Raises ConfigError naming the first setting out of its choices or range, or
+        inconsistent with the others."""
         def need(condition, message):
             if not condition:
                 raise ConfigError(message)
 
         need(len(self.nets) >= 1 and all(self.nets), "--nets must name at least one network.")
         for name, value in dataclasses.asdict(self).items():
-            if isinstance(value, float):
-                need(math.isfinite(value), f"--{name} must be a finite number; got {value}.")
-        need(self.mode in MODES, f"--mode must be one of {MODES}; got {self.mode!r}.")
-        need(self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}.")
-        need(self.lr_schedule in LR_SCHEDULES, f"--lr_schedule must be one of {LR_SCHEDULES}.")
-        need(self.semi in SEMI, f"--semi must be one of {SEMI}; got {self.semi!r}.")
-        need(self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}.")
-        need(self.mixed_precision in PRECISIONS, f"--mixed_precision must be one of {PRECISIONS}.")
-        need(self.placement in PLACEMENTS, f"--placement must be one of {PLACEMENTS}.")
+            check_setting(name, value)
         need(self.member_batches == "shared" or self.mode != "distill",
              "--member_batches=separate cannot be used with --mode=distill (a static teacher "
              "takes no batch of its own).")
         need(self.placement == "none" or self.strategy == "default",
              "--placement=per_member needs --strategy=default.")
-        for name in ("epochs", "batch_size"):
-            need(getattr(self, name) > 0, f"--{name} must be positive; got {getattr(self, name)}.")
-        need(self.steps_per_epoch is None or self.steps_per_epoch > 0,
-             f"--steps_per_epoch must be positive; got {self.steps_per_epoch}.")
-        need(self.learning_rate > 0, f"--learning_rate must be positive; got {self.learning_rate}.")
-        need(self.lr_decay_every > 0, "--lr_decay_every must be positive.")
-        need(self.warmup_epochs >= 0, f"--warmup_epochs must be >= 0; got {self.warmup_epochs}.")
-        need(0 <= self.rmsprop_momentum < 1,
-             f"--rmsprop_momentum must be in [0, 1); got {self.rmsprop_momentum}.")
-        need(self.rmsprop_epsilon > 0, f"--rmsprop_epsilon must be positive; got {self.rmsprop_epsilon}.")
-        need(list(self.lr_decay_epochs) == sorted(set(self.lr_decay_epochs))
-             and all(e > 0 for e in self.lr_decay_epochs),
+        need(list(self.lr_decay_epochs) == sorted(set(self.lr_decay_epochs)),
              "--lr_decay_epochs must be increasing positive epochs.")
-        for name in ("weight_decay", "mimicry_weight", "entropy_weight", "feature_l2_weight",
-                     "ema_decay"):
-            need(getattr(self, name) >= 0, f"--{name} must be >= 0; got {getattr(self, name)}.")
-        need(self.ema_decay < 1, f"--ema_decay must be in [0, 1); got {self.ema_decay}.")
-        need(0 <= self.label_smoothing < 1, "--label_smoothing must be in [0, 1).")
-        need(self.bn_momentum is None or 0 <= self.bn_momentum < 1,
-             f"--bn_momentum must be in [0, 1); got {self.bn_momentum}.")
-        need(0 < self.labeled_fraction <= 1,
-             f"--labeled_fraction must be in (0, 1]; got {self.labeled_fraction}.")
-        need(self.labeled_ids is None or self.labeled_ids > 0, "--labeled_ids must be positive.")
-        if self.image_size is not None:
-            need(len(self.image_size) == 2 and all(s > 0 for s in self.image_size),
-                 f"--image_size must be H,W with positive sizes; got {self.image_size}.")
+        need(self.image_size is None or len(self.image_size) == 2,
+             f"--image_size must be H,W with positive sizes; got {self.image_size}.")
         if self.mode == "distill":
             need(len(self.nets) >= 2, "--mode=distill needs --nets=TEACHER,...,STUDENT.")
             need(len(self.teacher) == len(self.nets) - 1,
@@ -216,3 +219,45 @@ class TrainConfig:
     def member_mimicry_weight(self):
         """Independent training is the same cohort without the mimicry term."""
         return 0.0 if self.mode == "independent" else self.mimicry_weight
+
+
+FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
+# What a None takes when the dataset's defaults set nothing.
+GENERIC_DEFAULTS = {name: f.metadata["fallback"] for name, f in FIELDS.items()
+                    if f.metadata["fallback"] is not None}
+# Every other field (new ones included) must match the checkpoint's on resume.
+RUN_ONLY_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["run_only"])
+
+
+def check_setting(name, value):
+    """ConfigError unless ``value`` is finite (a float) and within the choices or range of
+    the field ``name`` (each of its values, for a sequence; None always passes: the
+    dataset's default)."""
+    meta = FIELDS[name].metadata
+    value = current_spelling(name, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{name} must be a finite number; got {value}.")
+    if value is None:
+        return
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"--{name} must be one of {', '.join(meta['choices'])}; got {value!r}.")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if meta["range"] is not None and not all(v in meta["range"] for v in values):
+        raise ConfigError(f"--{name} must be {meta['range']}; got {value}.")
+
+
+def current_spelling(name, value):
+    """``value`` of the field ``name``, an old spelling replaced by today's (``labelled``
+    -> ``labeled``: old flagfiles and scripts keep working)."""
+    return FIELDS[name].metadata["aliases"].get(value, value) if isinstance(value, str) else value
+
+
+def integers(name, values):
+    """``values`` (a sequence, or a comma string) as a tuple of ints; ConfigError naming
+    ``--name`` otherwise."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    try:
+        return tuple(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} must be comma-separated integers; "
+                          f"got {','.join(str(v) for v in items)}.") from None

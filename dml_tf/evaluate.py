@@ -46,34 +46,11 @@ RANKS = (1, 5, 10, 20)
 
 
 def define_flags():
-    """Defines this tool's flags; returns the names it defined.
+    """Defines this tool's flags (``dml_tf.cli_flags``); returns the names it defined.
+    Called by ``run()``, not at import."""
+    from dml_tf import cli_flags
 
-    Called by ``run()`` (``python -m dml_tf.evaluate``), not at import, so importing this
-    module defines no flag. Names already defined in the process (e.g. by
-    ``dml_tf.train``: dataset, data_dir, model_dir, batch_size, image_size, verbose)
-    are reused as they are.
-    """
-    defined = []
-
-    def define(kind, name, default, *args, **kwargs):
-        if name not in FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, *args, **kwargs)
-            defined.append(name)
-
-    define("string", "dataset", "market1501", "Dataset to evaluate on; only market1501 (re-id) is supported.")
-    define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder (default: the run's data_dir).")
-    define("string", "model_dir", None, "The training run's folder (results.json, member_{k}.keras).")
-    define("integer", "batch_size", 64, "Images per batch for feature extraction.")
-    define("list", "image_size", None, "Network input height,width; default: the members' input shape.")
-    define("enum", "mq_pool", "mean", ["mean", "max"], "Multi-query pooling over gt_bbox.")
-    define("enum", "ap_mode", "market1501", ["market1501", "standard"], "AP: MATLAB kit trapezoid or non-interpolated.")
-    define("enum", "metric", "euclidean", ["euclidean", "cosine"], "Distance used for ranking.")
-    define("bool", "l2_normalize", True, "L2-normalise features before matching, as the Market-1501 MATLAB kit.")
-    define("string", "output_dir", None, "Where to write eval.json, cmc.png and features; default --model_dir.")
-    define("enum", "source", "auto", ["auto", "folders", "tfrecords"], "Market-1501 input: folders or TFRecords.")
-    define("string", "tfrecord_dir", None, "TFRecords folder (default DATA_DIR/tfrecords).")
-    define("integer", "verbose", 1, "Keras progress bar: 0 silent, 1 bar, 2 one line per split.")
-    return defined
+    return cli_flags.define_evaluate_flags()
 
 
 # --------------------------------------------------------------------------------------

@@ -171,8 +171,8 @@ def describe_run(config, members, train_count, test_count, steps_per_epoch):
     if config.feature_l2_weight:
         extras.append(f"+ {config.feature_l2_weight:g} x feature L2 to the peers")
     if config.labeled_fraction < 1 or config.labeled_ids:
-        extras.append("semi-supervised: cross-entropy on labelled images, mimicry on "
-                      + ("labelled images only" if config.semi == "labelled" else "all"))
+        extras.append("semi-supervised: cross-entropy on labeled images, mimicry on "
+                      + ("labeled images only" if config.semi == "labeled" else "all"))
     lines.append(f"  trains: {objective}" + (f"; {'; '.join(extras)}" if extras else ""))
     optimizer = f"  optimizer: {config.optimizer}, lr {config.learning_rate:g}"
     if config.warmup_epochs:

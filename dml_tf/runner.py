@@ -92,7 +92,7 @@ def load_data(config):
 
 
 def labeled_only(dataset, batch_size):
-    """``--semi=labelled``: drop the unlabeled (-1) images (Sec. 4.10 "DML-labelled")."""
+    """``--semi=labeled``: drop the unlabeled (-1) images (Sec. 4.10 "DML-labelled")."""
     return dataset.unbatch().filter(lambda x, y: y >= 0).batch(batch_size)
 
 
@@ -137,9 +137,9 @@ def epoch_stream(train, batches_per_pass, steps_per_epoch, initial_epoch):
 
 
 def training_batches(config, bundle):
-    """``(train dataset, images per pass)``: with ``--semi=labelled`` and a labeled
+    """``(train dataset, images per pass)``: with ``--semi=labeled`` and a labeled
     subset, the labeled images only."""
-    if config.semi == "labelled" and (config.labeled_fraction < 1 or config.labeled_ids):
+    if config.semi == "labeled" and (config.labeled_fraction < 1 or config.labeled_ids):
         train, count = labeled_only(bundle.train, config.step_batch_size()), bundle.labeled_size
         if count is None:  # the loader cannot tell: count in one pass
             count = sum(int(y.shape[0]) for _, y in train)

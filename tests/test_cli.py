@@ -89,7 +89,7 @@ def commands(tmp_path_factory):
 @pytest.mark.parametrize("key,program,message", [
     ("bad_net", "python -m dml_tf.train",
      "unknown network 'resnet33'; known networks: " + ", ".join(dml_nets.names())),
-    ("bad_enum", "python -m dml_tf.train", "flag --mode=mutual: value should be one of"),
+    ("bad_enum", "python -m dml_tf.train", "--mode must be one of dml, independent, distill; got 'mutual'."),
     ("evaluate_no_run", "python -m dml_tf.evaluate", "does not exist"),
     ("compare_no_run", "python -m dml_tf.compare", "does not exist"),
     ("tool_no_runs", "python -m tools.report", "--runs_dir="),

@@ -1,5 +1,6 @@
 """python -m dml_tf.train end to end: outputs, resume, modes, flagfiles, bad input."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from absl import app, flags
 
+from dml_tf import cli_flags
 from dml_tf import config as cfg
 from dml_tf import runner, train
 from helpers_data import write_cifar_archive
@@ -124,9 +126,9 @@ def test_independent_and_distill_modes(cifar_dir, tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # the teacher never moved
 
 
-def test_semi_supervised_labelled_only(cifar_dir, tmp_path):
+def test_semi_supervised_labeled_only(cifar_dir, tmp_path):
     results = runner.run(tiny_config(tmp_path / "semi", cifar_dir, labeled_fraction=0.5,
-                                     semi="labelled", nets=("tiny_cnn",)), log=lambda s: None)
+                                     semi="labeled", nets=("tiny_cnn",)), log=lambda s: None)
     assert results["config"]["labeled_fraction"] == 0.5
     assert len(results["history"]["ce_0"]) == 1
 
@@ -143,6 +145,59 @@ def test_every_flagfile_parses_and_resolves(path):
     finally:
         FLAGS.unparse_flags()
     assert resolved.nets and resolved.epochs > 0 and resolved.model_dir.startswith("runs/")
+
+
+def test_every_setting_is_one_flag_and_every_training_flag_a_setting():
+    """The flags of dml_tf.train are made from the TrainConfig fields: same names, types and
+    defaults, help from the field, choices listed as absl lists an enum's."""
+    fields = {f.name: f for f in dataclasses.fields(cfg.TrainConfig)}
+    defined = flags.FlagValues()
+    assert cli_flags.define_train_flags(defined) == list(fields)
+    assert set(defined) == set(fields)
+    for name, field in fields.items():
+        flag = defined[name]
+        assert flag.flag_type() == FLAGS[name].flag_type(), name  # what dml_tf.train defined
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        assert flag.default == default == FLAGS[name].default, name
+        assert field.metadata["help"] in flag.help, name
+        if field.metadata["choices"]:
+            assert flag.help.startswith(f"<{'|'.join(field.metadata['choices'])}>: "), name
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("epochs", "-1", "--epochs must be positive; got -1."),
+    ("labeled_fraction", "1.5", "--labeled_fraction must be in (0, 1]; got 1.5."),
+    ("mode", "mutual", "--mode must be one of dml, independent, distill; got 'mutual'."),
+    ("mimicry", "l2", "--mimicry must be one of kl, js, ensemble; got 'l2'."),
+    ("semi", "some", "--semi must be one of all, labeled; got 'some'."),
+    ("ema_decay", "1", "--ema_decay must be in [0, 1); got 1.0."),
+    ("image_size", "16,x", "--image_size must be comma-separated integers; got 16,x."),
+])
+def test_a_bad_value_gets_the_same_error_by_flag_and_by_config(name, value, message, tmp_path):
+    """One check (TrainConfig.check), one message, whichever way the setting comes in."""
+    with pytest.raises(app.UsageError) as by_flag:
+        run_cli(["--nets=tiny_cnn", f"--model_dir={tmp_path / 'bad'}", f"--{name}={value}"])
+    FLAGS.unparse_flags()
+    FLAGS(["dml_tf.train", f"--{name}={value}"])
+    try:
+        parsed = FLAGS[name].value
+    finally:
+        FLAGS.unparse_flags()
+    with pytest.raises(cfg.ConfigError) as by_config:
+        cfg.TrainConfig(nets=("tiny_cnn",), **{name: parsed}).resolved()
+    assert str(by_flag.value) == str(by_config.value) == message
+
+
+def test_labelled_is_still_accepted_for_semi(tmp_path):
+    """Old flagfiles say --semi=labelled: the same setting as --semi=labeled."""
+    FLAGS.unparse_flags()
+    try:
+        FLAGS(["dml_tf.train", "--semi=labelled"])
+        config = train.config_from_flags()
+    finally:
+        FLAGS.unparse_flags()
+    assert config.resolved().semi == "labeled" == cfg.TrainConfig(semi="labelled").resolved().semi
+    assert cli_flags.config_from_flags().semi == "all"  # the flag's default again
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,9 +1,9 @@
 """Helpers shared by the study tools (posterior_stats, noise_robustness, report, ...).
 
 Every tool is an absl app whose work lives in a plain function (tests call it
-directly); this module holds the flag-definition guard, argument checks that raise
-``app.UsageError``, the library's errors as usage errors, and the atomic JSON/PNG output.
-The run folders are read by :mod:`dml_tf.run_dir`, trained by :mod:`dml_tf.runner`.
+directly) and whose flags ``dml_tf.cli_flags`` defines; this module holds argument checks
+that raise ``app.UsageError``, the library's errors as usage errors, and the atomic JSON/PNG
+output. The run folders are read by :mod:`dml_tf.run_dir`, trained by :mod:`dml_tf.runner`.
 """
 
 import contextlib
@@ -13,50 +13,6 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-
-
-def define(kind, name, default, *args, **kwargs):
-    """``flags.DEFINE_{kind}(name, default, *args)`` unless ``name`` is already defined."""
-    if name not in FLAGS:
-        # Registered as the main script's flags, so --help / --helpshort list them.
-        kwargs.setdefault("module_name", sys.argv[0])
-        getattr(flags, f"DEFINE_{kind}")(name, default, *args, **kwargs)
-
-
-def define_sweep_flags():
-    """The flags the training sweeps (cohort_size, semi_supervised) share: what to
-    train on, where, and the training settings that override the dataset's defaults."""
-    from dml_tf import analysis
-    from dml_tf import nets as dml_nets
-
-    define("string", "dataset", "digits", f"One of {', '.join(analysis.DATASETS)}.")
-    define("string", "data_dir", None, "Local copy of the dataset.")
-    define("string", "net", "resnet32", f"Network of every member, one of {', '.join(dml_nets.names())}.")
-    define("string", "output_dir", None, "Sweep folder (one subfolder per run) and outputs.")
-    define("integer", "epochs", None, "Epochs (dataset default).")
-    define("integer", "steps_per_epoch", None, "Steps per epoch (default: one pass).")
-    define("integer", "batch_size", None, "Batch size (dataset default).")
-    define("float", "learning_rate", None, "Learning rate (dataset default).")
-    define("list", "image_size", None, "H,W network input (Market-1501).")
-    define("string", "pretrained", None, "'imagenet' or a weights file for the members.")
-
-
-def sweep_overrides(net, data_dir=None, epochs=None, steps_per_epoch=None, batch_size=None,
-                    learning_rate=None, image_size=None, pretrained=None):
-    """Checks the sweep flags of :func:`define_sweep_flags` (UsageError naming the flag)
-    and returns the TrainConfig settings they override."""
-    from dml_tf import nets as dml_nets
-
-    if net not in dml_nets.names():
-        raise app.UsageError(f"--net must be one of {dml_nets.names()}; got {net!r}.")
-    for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch), ("batch_size", batch_size)):
-        if value is not None and value < 1:
-            raise app.UsageError(f"--{name} must be positive; got {value}.")
-    if image_size is not None:
-        image_size = tuple(parse_ints(image_size, "image_size", minimum=1))
-    overrides = dict(data_dir=data_dir, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-                     learning_rate=learning_rate, image_size=image_size, pretrained=pretrained)
-    return {key: value for key, value in overrides.items() if value is not None}
 
 
 def check_dataset(dataset):

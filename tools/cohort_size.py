@@ -28,16 +28,17 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
 from tools import _common
 
 METHODS = ("dml", "dml_e", "independent")
 
 
 def define_flags():
-    _common.define_sweep_flags()
-    _common.define("integer", "max_k", 5, "Largest cohort size.")
-    _common.define("list", "methods", list(METHODS), "Subset of dml, dml_e, independent.")
-    _common.define("list", "seeds", ["0"], "Seeds; one cohort per seed and size.")
+    cli_flags.define_sweep_flags()
+    cli_flags.define("integer", "max_k", 5, "Largest cohort size.")
+    cli_flags.define("list", "methods", list(METHODS), "Subset of dml, dml_e, independent.")
+    cli_flags.define("list", "seeds", ["0"], "Seeds; one cohort per seed and size.")
 
 
 def run_dir_name(method, k, seed):
@@ -72,8 +73,8 @@ def compute(output_dir, dataset="digits", net="resnet32", max_k=5, methods=METHO
     if max_k is None or max_k < 1:
         raise app.UsageError(f"--max_k must be >= 1; got {max_k}.")
     _common.check_dataset(dataset)
-    overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
-                                        image_size, pretrained)
+    overrides = cli_flags.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
+                                          image_size, pretrained)
     output_dir = _common.need_output_dir(output_dir)
     market = dataset == "market1501"
     total = len(seeds) * (1 + (max_k - 1) * len(methods))  # distinct runs

@@ -21,15 +21,16 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app, logging
 
+from dml_tf import cli_flags
 from tools import _common
 
 FLAGS = _common.FLAGS
 
-# _common.define skips names another dml_tf module already defined in this process (e.g. --data_dir).
-_common.define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
-_common.define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
-_common.define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)
-_common.define("bool", "skip_unparsable", False, "Leave out .jpg files whose names do not parse instead of failing.")
+# cli_flags.define skips names another dml_tf module already defined in this process (e.g. --data_dir).
+cli_flags.define("string", "data_dir", None, "The unzipped Market-1501-v15.09.15 folder.")
+cli_flags.define("string", "output_dir", None, "Where to write the TFRecords; default DATA_DIR/tfrecords.")
+cli_flags.define("integer", "shard_size", 2000, "Examples per shard.", lower_bound=1)
+cli_flags.define("bool", "skip_unparsable", False, "Leave out .jpg files whose names do not parse instead of failing.")
 
 
 def main(argv):

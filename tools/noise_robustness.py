@@ -28,21 +28,22 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
 from tools import _common
 
 
 def define_flags():
-    _common.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
-    _common.define("string", "output_dir", None, "Where noise_robustness.json/.png go.")
-    _common.define("list", "sigmas", ["0", "0.001", "0.002", "0.005", "0.01"],
-                   "Standard deviations of the parameter noise.")
-    _common.define("integer", "draws", 3, "Noise draws per sigma.")
-    _common.define("integer", "seed", 0, "Seed of the noise.")
-    _common.define("enum", "split", "train", ["train", "test"],
-                   "train: training images without augmentation (the paper's training loss).")
-    _common.define("integer", "batch_size", None, "Evaluation batch size (default: the run's).")
-    _common.define("integer", "limit", None, "Use only the first N images (quick looks).")
-    _common.define("string", "data_dir", None, "Override the runs' data_dir.")
+    cli_flags.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
+    cli_flags.define("string", "output_dir", None, "Where noise_robustness.json/.png go.")
+    cli_flags.define("list", "sigmas", ["0", "0.001", "0.002", "0.005", "0.01"],
+                     "Standard deviations of the parameter noise.")
+    cli_flags.define("integer", "draws", 3, "Noise draws per sigma.")
+    cli_flags.define("integer", "seed", 0, "Seed of the noise.")
+    cli_flags.define("enum", "split", "train", ["train", "test"],
+                     "train: training images without augmentation (the paper's training loss).")
+    cli_flags.define("integer", "batch_size", None, "Evaluation batch size (default: the run's).")
+    cli_flags.define("integer", "limit", None, "Use only the first N images (quick looks).")
+    cli_flags.define("string", "data_dir", None, "Override the runs' data_dir.")
 
 
 def _history_ce(results):

@@ -29,20 +29,19 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
+from dml_tf.paper import POSTERIOR_ENTROPY as PAPER
 from tools import _common
-
-PAPER = {"source": "Zhang et al., CVPR 2018, Sec. 4.7 / Fig. 4(c), ResNet-32 on CIFAR-100",
-         "mean_entropy": {"dml": 1.7099, "independent": 0.2602}}
 
 
 def define_flags():
-    _common.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
-    _common.define("string", "output_dir", None, "Where posterior_stats.json/.png go.")
-    _common.define("enum", "split", "train", ["train", "test"],
-                   "train: training images without augmentation (Fig. 4c); test: test split.")
-    _common.define("integer", "batch_size", None, "Evaluation batch size (default: the run's).")
-    _common.define("integer", "limit", None, "Use only the first N images (quick looks).")
-    _common.define("string", "data_dir", None, "Override the runs' data_dir.")
+    cli_flags.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
+    cli_flags.define("string", "output_dir", None, "Where posterior_stats.json/.png go.")
+    cli_flags.define("enum", "split", "train", ["train", "test"],
+                     "train: training images without augmentation (Fig. 4c); test: test split.")
+    cli_flags.define("integer", "batch_size", None, "Evaluation batch size (default: the run's).")
+    cli_flags.define("integer", "limit", None, "Use only the first N images (quick looks).")
+    cli_flags.define("string", "data_dir", None, "Override the runs' data_dir.")
 
 
 def compute(runs, output_dir, split="train", batch_size=None, limit=None, data_dir=None, log=print):

@@ -20,8 +20,8 @@ entropy_weight, feature_l2_weight) picks the paper cell(s) it reproduces:
 Our values are in % (results.json and eval.json store fractions); ``diff`` = ours - paper.
 Runs with no paper counterpart are listed after the table. Writes ``--output`` (Markdown)
 plus ``.json`` (the rows) and, when some run matches a paper cell, ``.png`` (ours vs paper
-scatter) beside it, atomically. The paper's numbers are transcribed below from Zhang et
-al., "Deep Mutual Learning", CVPR 2018, Tables 2-5.
+scatter) beside it, atomically. The paper's numbers (Zhang et al., "Deep Mutual Learning",
+CVPR 2018, Tables 2-5) are in ``dml_tf/paper.py``.
 """
 
 import os
@@ -32,10 +32,10 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
+from dml_tf.paper import SOURCE, TABLE2_DML, TABLE2_INDEPENDENT, TABLE3, TABLE4_DISTILL, TABLE4_MARKET, TABLE5
 from tools import _common
 
-SOURCE = ("Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018: Table 2 (CIFAR top-1), "
-          "Table 3 (Market-1501), Table 4 (distillation), Table 5 (Market-1501 variants)")
 NO_MATCH = ("No run matches a setting of the paper's Tables 2-5 (nets, dataset and mode), so there "
             "is nothing to plot against the paper.")
 NO_RESULT = ("No matched run has a result yet (a Market-1501 run needs the eval.json of "
@@ -48,47 +48,13 @@ def no_plot_reason(rows):
         return NO_MATCH
     return None if any(r["ours"] is not None for r in rows) else NO_RESULT
 
-# Table 2: top-1 (%) of independent nets (depends only on the net) and of DML pairs.
-TABLE2_INDEPENDENT = {
-    "cifar10": {"resnet32": 92.47, "wrn_28_10": 95.01, "mobilenet": 93.59},
-    "cifar100": {"resnet32": 68.99, "wrn_28_10": 78.69, "mobilenet": 73.65},
-}
-TABLE2_DML = {  # (net1, net2) -> dataset -> (net1, net2) top-1 %
-    ("resnet32", "resnet32"): {"cifar10": (92.68, 92.80), "cifar100": (71.19, 70.75)},
-    ("wrn_28_10", "resnet32"): {"cifar10": (95.75, 93.18), "cifar100": (78.96, 70.73)},
-    ("mobilenet", "resnet32"): {"cifar10": (94.24, 93.32), "cifar100": (76.13, 71.10)},
-    ("mobilenet", "mobilenet"): {"cifar10": (94.10, 94.30), "cifar100": (76.21, 76.10)},
-    ("wrn_28_10", "mobilenet"): {"cifar10": (95.73, 94.37), "cifar100": (80.28, 77.39)},
-    ("wrn_28_10", "wrn_28_10"): {"cifar10": (95.66, 95.63), "cifar100": (80.28, 80.08)},
-}
-# Table 3: Market-1501, mobilenet x2, mean of the members: SQ mAP, SQ R1, MQ mAP, MQ R1.
-TABLE3 = {  # (mode, imagenet pretrained)
-    ("independent", False): (50.15, 76.87, 60.16, 84.06),
-    ("dml", False): (54.71, 79.12, 64.10, 85.63),
-    ("independent", True): (65.06, 85.01, 74.53, 90.59),
-    ("dml", True): (70.51, 89.34, 78.95, 92.81),
-}
-# Table 4: distilled student (net 2 from frozen net 1) and per-member ind./DML values.
-TABLE4_DISTILL = {  # (dataset, teacher, student) -> (metric, value)
-    ("cifar100", "wrn_28_10", "resnet32"): ("top-1", 69.48),
-    ("cifar100", "mobilenet", "resnet32"): ("top-1", 69.12),
-    ("market1501", "inception_v1", "mobilenet"): ("SQ mAP", 52.30),
-    ("market1501", "mobilenet", "mobilenet"): ("SQ mAP", 50.07),
-}
-TABLE4_MARKET = {  # (net1, net2) -> mode -> per-member SQ mAP
-    ("inception_v1", "mobilenet"): {"independent": (63.91, 50.15), "dml": (64.42, 58.47)},
-    ("mobilenet", "mobilenet"): {"independent": (50.15, 49.87), "dml": (55.28, 54.13)},
-}
-# Table 5: Market-1501, mobilenet x2 (no pretraining), SQ mAP and R1.
-TABLE5 = {"independent+entropy": (50.94, 76.34), "dml+l2": (51.01, 77.58)}
-
 TABLE3_METRICS = (("single_query", "mAP", "SQ mAP"), ("single_query", "rank1", "SQ R1"),
                   ("multi_query", "mAP", "MQ mAP"), ("multi_query", "rank1", "MQ R1"))
 
 
 def define_flags():
-    _common.define("string", "runs_dir", None, "Folder holding finished runs (any depth).")
-    _common.define("string", "output", None, "Markdown file to write (plus .json/.png beside it).")
+    cli_flags.define("string", "runs_dir", None, "Folder holding finished runs (any depth).")
+    cli_flags.define("string", "output", None, "Markdown file to write (plus .json/.png beside it).")
 
 
 def find_runs(runs_dir):

@@ -10,8 +10,8 @@ each class's training images that keep their label, CIFAR/digits; or ``--labeled
 ``TrainConfig.labeled_ids``, identities that keep their labels, Market-1501) and seed,
 three runs of ``dml_tf.runner.run`` into subfolders of ``--output_dir``:
 
-* ``single``: one network trained on the labelled images only (``semi="labelled"``);
-* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labelled"``);
+* ``single``: one network trained on the labelled images only (``semi="labeled"``);
+* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labeled"``);
 * ``dml_all``: a DML pair, cross-entropy on the labelled images and the mimicry (KL)
   term on ALL training images (``semi="all"``, the paper's semi-supervised DML).
 
@@ -29,6 +29,7 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
 from tools import _common
 
 METHODS = ("single", "dml_labelled", "dml_all")
@@ -36,11 +37,11 @@ LABELS = {"single": "single network (labelled)", "dml_labelled": "DML-labelled",
 
 
 def define_flags():
-    _common.define_sweep_flags()
-    _common.define("list", "fractions", None, "Labelled fractions in (0, 1] (CIFAR, digits).")
-    _common.define("list", "labeled_ids", None, "Numbers of labelled identities (Market-1501).")
-    _common.define("list", "methods", list(METHODS), "Subset of single, dml_labelled, dml_all.")
-    _common.define("list", "seeds", ["0"], "Seeds (also choose the labelled subset).")
+    cli_flags.define_sweep_flags()
+    cli_flags.define("list", "fractions", None, "Labeled fractions in (0, 1] (CIFAR, digits).")
+    cli_flags.define("list", "labeled_ids", None, "Numbers of labeled identities (Market-1501).")
+    cli_flags.define("list", "methods", list(METHODS), "Subset of single, dml_labelled, dml_all.")
+    cli_flags.define("list", "seeds", ["0"], "Seeds (also choose the labeled subset).")
 
 
 def make_config(method, amount, seed, output_dir, dataset, net, market, **overrides):
@@ -50,7 +51,7 @@ def make_config(method, amount, seed, output_dir, dataset, net, market, **overri
     label_arg = {"labeled_ids": int(amount)} if market else {"labeled_fraction": float(amount)}
     return TrainConfig(dataset=dataset, nets=(net,) if method == "single" else (net, net),
                        mode="independent" if method == "single" else "dml",
-                       semi="all" if method == "dml_all" else "labelled", seed=seed,
+                       semi="all" if method == "dml_all" else "labeled", seed=seed,
                        model_dir=os.path.join(output_dir, f"{method}_{tag}_seed{seed}"),
                        **label_arg, **overrides)
 
@@ -78,8 +79,8 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
     amounts = sorted(set(amounts))
     methods = _common.parse_choices(methods, "methods", METHODS)
     seeds = _common.parse_ints(seeds, "seeds", minimum=0)
-    overrides = _common.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
-                                        image_size, pretrained)
+    overrides = cli_flags.sweep_overrides(net, data_dir, epochs, steps_per_epoch, batch_size, learning_rate,
+                                          image_size, pretrained)
     output_dir = _common.need_output_dir(output_dir)
     total, done = len(methods) * len(amounts) * len(seeds), 0
     curves = {}

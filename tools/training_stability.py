@@ -1,6 +1,6 @@
 r"""What happens in the first steps of training: DML against independent training.
 
-    python -m tools.training_stability --dataset=cifar10 --data_dir=../shared/data/cifar10-sample \
+    python -m tools.training_stability --dataset=cifar10 --data_dir=DIR \
         --nets=resnet32,resnet32 --steps=300 --conditions=dml,independent --output_dir=out/stability
 
 For each condition (``dml``, ``independent``; add ``:warmup=E`` for a linear learning-rate
@@ -34,6 +34,7 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
 from tools import _common
 
 QUANTITIES = ("ce", "mimicry", "batch_accuracy", "logit_std", "feature_norm", "dead_features",
@@ -41,15 +42,15 @@ QUANTITIES = ("ce", "mimicry", "batch_accuracy", "logit_std", "feature_norm", "d
 
 
 def define_flags():
-    _common.define("string", "dataset", "cifar10", "Dataset (as dml_tf.train).")
-    _common.define("string", "data_dir", None, "Local copy of the dataset.")
-    _common.define("list", "nets", ["resnet32", "resnet32"], "Comma list of networks.")
-    _common.define("list", "conditions", ["dml", "independent"],
-                   "Comma list of dml / independent, each optionally with :warmup=E and :lr=X.")
-    _common.define("integer", "steps", 300, "Training steps per condition.")
-    _common.define("integer", "every", 5, "Measure every this many steps.")
-    _common.define("integer", "seed", 0, "Seed (as dml_tf.train).")
-    _common.define("string", "output_dir", None, "Where training_stability.json/.png go.")
+    cli_flags.define("string", "dataset", "cifar10", "Dataset (as dml_tf.train).")
+    cli_flags.define("string", "data_dir", None, "Local copy of the dataset.")
+    cli_flags.define("list", "nets", ["resnet32", "resnet32"], "Comma list of networks.")
+    cli_flags.define("list", "conditions", ["dml", "independent"],
+                     "Comma list of dml / independent, each optionally with :warmup=E and :lr=X.")
+    cli_flags.define("integer", "steps", 300, "Training steps per condition.")
+    cli_flags.define("integer", "every", 5, "Measure every this many steps.")
+    cli_flags.define("integer", "seed", 0, "Seed (as dml_tf.train).")
+    cli_flags.define("string", "output_dir", None, "Where training_stability.json/.png go.")
 
 
 def parse_condition(text):

@@ -23,21 +23,22 @@ if __name__ == "__main__" and not __package__:  # started as python tools/NAME.p
 
 from absl import app
 
+from dml_tf import cli_flags
 from tools import _common
 
 
 def define_flags():
-    _common.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
-    _common.define("list", "members", None, "Member indices to embed (default: all).")
-    _common.define("string", "output_dir", None, "Where tsne.json/.png go.")
-    _common.define("enum", "split", "test", ["train", "test"], "Images to embed (no augmentation).")
-    _common.define("integer", "limit", 1000, "Embed the first N images (after --identities).")
-    _common.define("integer", "identities", None,
-                   "Keep only the images of the first N distinct labels (identities) in sorted order.")
-    _common.define("float", "perplexity", 30.0, "t-SNE perplexity (must be < number of images).")
-    _common.define("integer", "seed", 0, "t-SNE random state.")
-    _common.define("integer", "batch_size", None, "Feature extraction batch size (default: the run's).")
-    _common.define("string", "data_dir", None, "Override the runs' data_dir.")
+    cli_flags.define("list", "runs", [], "Comma list of run folders written by dml_tf.train.")
+    cli_flags.define("list", "members", None, "Member indices to embed (default: all).")
+    cli_flags.define("string", "output_dir", None, "Where tsne.json/.png go.")
+    cli_flags.define("enum", "split", "test", ["train", "test"], "Images to embed (no augmentation).")
+    cli_flags.define("integer", "limit", 1000, "Embed the first N images (after --identities).")
+    cli_flags.define("integer", "identities", None,
+                     "Keep only the images of the first N distinct labels (identities) in sorted order.")
+    cli_flags.define("float", "perplexity", 30.0, "t-SNE perplexity (must be < number of images).")
+    cli_flags.define("integer", "seed", 0, "t-SNE random state.")
+    cli_flags.define("integer", "batch_size", None, "Feature extraction batch size (default: the run's).")
+    cli_flags.define("string", "data_dir", None, "Override the runs' data_dir.")
 
 
 def embed(features, perplexity=30.0, seed=0):
