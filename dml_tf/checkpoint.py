@@ -28,7 +28,7 @@ import time
 import keras
 import numpy as np
 
-from dml_tf.config import ConfigError
+from dml_tf.config import FIELDS, ConfigError, current_spelling
 from dml_tf.errors import RunFileError
 from dml_tf.io_utils import atomic_write_json, fsync_file, read_json
 
@@ -70,7 +70,8 @@ def settings_differences(saved, current, defaults):
     """``[(name, saved value, current value)]`` of the training settings that differ.
 
     A setting the checkpoint does not record (added to ``TrainConfig`` after it was
-    written) counts as its ``defaults`` value.
+    written) counts as its ``defaults`` value; a value recorded in an old spelling
+    (``--semi=labelled``) counts as today's.
     """
     missing = object()
     differences = []
@@ -78,6 +79,8 @@ def settings_differences(saved, current, defaults):
         old = saved.get(name, missing)
         if old is missing:
             old = defaults.get(name, missing)
+        elif name in FIELDS:
+            old = current_spelling(name, old)
         if old != value:
             differences.append((name, None if old is missing else old, value))
     return differences

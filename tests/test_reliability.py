@@ -216,6 +216,15 @@ def test_settings_added_after_a_checkpoint_count_as_their_default():
         ("warmup_epochs", 0, 5)]
 
 
+def test_a_checkpoint_in_an_old_spelling_resumes():
+    """A run interrupted before --semi=labelled became --semi=labeled resumes as the same run."""
+    saved = {"mode": "dml", "semi": "labelled"}
+    current = {"mode": "dml", "semi": "labeled"}
+    assert checkpoint.settings_differences(saved, current, {}) == []
+    assert checkpoint.settings_differences(saved, dict(current, semi="all"), {}) == [
+        ("semi", "labeled", "all")]
+
+
 def test_every_training_field_is_checked_and_run_only_fields_are_not():
     config = tiny_config("runs/x", None).resolved()
     settings = config.training_settings()
