@@ -11,7 +11,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import sys
 
+# The repository (dml_tf, tools) and this folder (the shared helpers, imported by the
+# tests in the subfolders that mirror the package: data/, nets/, reid/, tools/).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 

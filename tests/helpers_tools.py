@@ -6,8 +6,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_tool(name):

@@ -13,8 +13,8 @@ from dml_tf import _quiet
 from dml_tf import nets as dml_nets
 from dml_tf.config import DATASET_DEFAULTS
 from helpers_tools import run_processes
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lines TensorFlow 2.21 printed on a CPU machine before dml_tf._quiet (one of each).
 NOTICES = [

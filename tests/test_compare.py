@@ -13,8 +13,8 @@ from absl import app
 from scipy import stats
 
 from dml_tf import compare
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 200
 LABELS = np.arange(N) % 10
 

@@ -7,8 +7,8 @@ import re
 from absl import flags
 
 from dml_tf import train  # noqa: F401  (defines the flags)
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _readme():

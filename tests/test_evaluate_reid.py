@@ -12,7 +12,8 @@ import pytest
 from absl import app, flags
 
 from dml_tf import evaluate as evaluate_module
-from tests import helpers_market
+import helpers_market
+from paths import ROOT
 
 SIZE = (8, 4)
 
@@ -122,7 +123,7 @@ def test_cli_loads_members_with_custom_layers(run_dir, tmp_path):
     assert any(type(layer).__name__ == "ZeroPadShortcut" for layer in member.layers)
     member.save(model_dir / "member_0.keras")
     (model_dir / "results.json").write_text(json.dumps({"members": [{"index": 0, "net": "resnet20"}]}))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
         [sys.executable, "-m", "dml_tf.evaluate", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
@@ -165,7 +166,7 @@ def test_no_query_with_a_match_is_an_error_not_a_table_of_nan(run_dir, tmp_path)
 
 
 def test_market_flagfiles_are_well_formed():
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+    folder = os.path.join(ROOT, "flags")
     names = [n for n in os.listdir(folder) if n.startswith("market1501_")]
     assert len(names) == 9
     for name in names:

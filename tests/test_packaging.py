@@ -8,8 +8,8 @@ import re
 import tomllib
 
 import dml_tf
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pyproject():

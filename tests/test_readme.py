@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import keras
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_section(title):

@@ -17,8 +17,8 @@ from dml_tf import cli_flags
 from dml_tf import config as cfg
 from dml_tf import runner, train
 from helpers_data import write_cifar_archive
+from paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 
 

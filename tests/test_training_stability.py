@@ -18,9 +18,8 @@ from dml_tf.cohort import MutualLearningModel
 from dml_tf.errors import TrainingDivergedError
 from dml_tf.health import TrainingHealth, at_chance
 from dml_tf.schedules import LinearWarmup, learning_rate_schedule, make_optimizer
+from paths import CIFAR10_SAMPLE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR10_SAMPLE = os.path.join(ROOT, "..", "shared", "data", "cifar10-sample")
 
 
 def _lr(schedule, step):

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from dml_tf.data import market1501
 from dml_tf.errors import DataError, DatasetNotFoundError
-from tests import helpers_market
+import helpers_market
+from paths import ROOT
 
 SIZE = (8, 4)  # tiny network input for speed
 
@@ -242,7 +243,7 @@ def _convert(*args):
     """tools/convert_market1501.py's main with ``args``, in process; returns its exit code."""
     from absl import flags
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "convert_market1501.py")
+    path = os.path.join(ROOT, "tools", "convert_market1501.py")
     before = set(flags.FLAGS)
     spec = importlib.util.spec_from_file_location("convert_market1501_under_test", path)
     tool = importlib.util.module_from_spec(spec)

@@ -12,7 +12,7 @@ import tensorflow as tf
 import dml_tf.data
 from dml_tf.data import augment, cifar, pipeline
 from dml_tf.errors import DataError, DatasetNotFoundError
-from tests import helpers_data
+import helpers_data
 
 
 def _collect(dataset):
