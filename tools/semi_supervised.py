@@ -11,7 +11,7 @@ each class's training images that keep their label, CIFAR/digits; or ``--labeled
 three runs of ``dml_tf.runner.run`` into subfolders of ``--output_dir``:
 
 * ``single``: one network trained on the labelled images only (``semi="labeled"``);
-* ``dml_labelled``: a DML pair trained on the labelled images only (``semi="labeled"``);
+* ``dml_labeled``: a DML pair trained on the labelled images only (``semi="labeled"``);
 * ``dml_all``: a DML pair, cross-entropy on the labelled images and the mimicry (KL)
   term on ALL training images (``semi="all"``, the paper's semi-supervised DML).
 
@@ -32,15 +32,15 @@ from absl import app
 from dml_tf import cli_flags
 from tools import _common
 
-METHODS = ("single", "dml_labelled", "dml_all")
-LABELS = {"single": "single network (labelled)", "dml_labelled": "DML-labelled", "dml_all": "DML-all"}
+METHODS = ("single", "dml_labeled", "dml_all")
+LABELS = {"single": "single network (labeled)", "dml_labeled": "DML-labeled", "dml_all": "DML-all"}
 
 
 def define_flags():
     cli_flags.define_sweep_flags()
     cli_flags.define("list", "fractions", None, "Labeled fractions in (0, 1] (CIFAR, digits).")
     cli_flags.define("list", "labeled_ids", None, "Numbers of labeled identities (Market-1501).")
-    cli_flags.define("list", "methods", list(METHODS), "Subset of single, dml_labelled, dml_all.")
+    cli_flags.define("list", "methods", list(METHODS), "Subset of single, dml_labeled, dml_all.")
     cli_flags.define("list", "seeds", ["0"], "Seeds (also choose the labeled subset).")
 
 

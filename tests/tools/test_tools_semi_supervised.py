@@ -19,7 +19,7 @@ def test_semi_supervised_sweep(tmp_path):
     assert written == json.loads(json.dumps(data))
     assert (out / "semi_supervised.png").stat().st_size > 1000
     assert written["amounts"] == [0.1, 0.5] and written["axis"] == "labelled fraction"
-    expected = {"single": (1, "independent", "labeled"), "dml_labelled": (2, "dml", "labeled"),
+    expected = {"single": (1, "independent", "labeled"), "dml_labeled": (2, "dml", "labeled"),
                 "dml_all": (2, "dml", "all")}
     for method, (k, mode, semi) in expected.items():
         for point in written["methods"][method]["points"]:
