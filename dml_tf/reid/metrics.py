@@ -20,6 +20,7 @@ shift the rank of a true match.
 """
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,6 +92,17 @@ def l2_normalize(x):
     return x / np.maximum(norms, np.asarray(1e-12, dtype))
 
 
+class _Gallery(NamedTuple):
+    """The gallery side of an evaluation, prepared once and shared by every query chunk."""
+
+    features: np.ndarray  # (G, D) float32, rescaled (euclidean) or L2-normalized (cosine)
+    sq_norms: np.ndarray | None  # (G,) squared norms of ``features`` (euclidean), None (cosine)
+    ids: np.ndarray  # (G,) int64 person ids; -1 is junk, 0 a distractor
+    cams: np.ndarray  # (G,) int64 camera numbers
+    junk: np.ndarray  # (G,) bool, ``ids == -1``
+    index: np.ndarray  # (G,) int64 ``arange(G)``, the low bits of every ranking key
+
+
 def evaluate(
     query_features,
     gallery_features,
@@ -136,8 +148,37 @@ def evaluate(
     """
     _check_choice("ap_mode", ap_mode, AP_MODES)
     _check_choice("metric", metric, METRICS)
+    _check_chunk_size(chunk_size)
+    qf, gf, qids, qcams, gids, gcams = _evaluation_inputs(
+        query_features, gallery_features, query_ids, query_cams, gallery_ids, gallery_cams
+    )
+    qf, gf, g_sq = _metric_space(qf, gf, metric)
+    index_bits, chunk = _key_layout(len(gf), len(qf), chunk_size)
+    gallery = _Gallery(gf, g_sq, gids, gcams, gids == -1, np.arange(len(gf), dtype=np.int64))
+
+    ap = np.full(len(qf), np.nan, dtype=np.float64)
+    first_hit_counts = np.zeros(len(gf), dtype=np.int64)
+    for start in range(0, len(qf), chunk):
+        rows = slice(start, min(start + chunk, len(qf)))
+        match_rows, ranks, num_good = _true_match_ranks(
+            qf[rows], qids[rows], qcams[rows], gallery, metric, index_bits
+        )
+        hit_number = _hit_numbers(match_rows, num_good)
+        ap[rows] = _average_precision(ranks, hit_number, match_rows, num_good, ap_mode)
+        first_hit_counts += np.bincount(ranks[hit_number == 1], minlength=len(gf))
+    return _summary(ap, first_hit_counts)
+
+
+def _check_chunk_size(chunk_size):
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}.")
+
+
+def _evaluation_inputs(
+    query_features, gallery_features, query_ids, query_cams, gallery_ids, gallery_cams
+):
+    """``evaluate``'s arguments as contiguous float32 features and int64 vectors, checked
+    to describe a non-empty query set and gallery of one feature size."""
     qf = _as_features("query_features", query_features)
     gf = _as_features("gallery_features", gallery_features)
     qids = _as_int_vector("query_ids", query_ids)
@@ -155,92 +196,137 @@ def evaluate(
             f"Feature dimension mismatch: query_features are {qf.shape[1]}-d but "
             f"gallery_features are {gf.shape[1]}-d."
         )
+    return qf, gf, qids, qcams, gids, gcams
 
-    num_gallery = len(gf)
+
+def _metric_space(qf, gf, metric):
+    """Query and gallery features ready for ``_distances``, and the gallery's squared
+    norms (None for cosine)."""
     if metric == "cosine":
-        qf, gf = l2_normalize(qf), l2_normalize(gf)
-        g_sq = None
-    else:
-        # One power-of-two scale for both sets (exact, so the ranking is unchanged) keeps
-        # every entry in [-1, 1): the squared norms below cannot overflow (features of
-        # 1e20) nor underflow to zero (features of 1e-25).
-        scale = _power_of_two_scale(max(np.abs(qf).max(), np.abs(gf).max())).astype(np.float32)
-        qf, gf = qf * scale, gf * scale
-        g_sq = np.einsum("ij,ij->i", gf, gf)
+        return l2_normalize(qf), l2_normalize(gf), None
+    # One power-of-two scale for both sets (exact, so the ranking is unchanged) keeps
+    # every entry in [-1, 1): the squared norms below cannot overflow (features of
+    # 1e20) nor underflow to zero (features of 1e-25).
+    scale = _power_of_two_scale(max(np.abs(qf).max(), np.abs(gf).max())).astype(np.float32)
+    qf, gf = qf * scale, gf * scale
+    return qf, gf, np.einsum("ij,ij->i", gf, gf)
+
+
+def _key_layout(num_gallery, num_queries, chunk_size):
+    """Bits of the gallery index in a ranking key, and the queries per chunk (no more
+    than the bits left for the row number can count)."""
     # Key layout (int64, non-negative): row | 31 bits of non-negative float32 | index.
     index_bits = max(1, int(num_gallery - 1).bit_length())
     row_bits = 63 - 31 - index_bits
     if row_bits < 1:
         raise ValueError(f"Gallery too large for one evaluation: {num_gallery} images.")
-    chunk = int(min(chunk_size, 1 << row_bits, len(qf)))
-    gallery_index = np.arange(num_gallery, dtype=np.int64)
-    gallery_junk = gids == -1
+    return index_bits, int(min(chunk_size, 1 << row_bits, num_queries))
 
-    ap = np.full(len(qf), np.nan, dtype=np.float64)
-    first_hit_counts = np.zeros(num_gallery, dtype=np.int64)
 
-    for start in range(0, len(qf), chunk):
-        stop = min(start + chunk, len(qf))
-        rows = stop - start
-        q = qf[start:stop]
-        dist = q @ gf.T  # (rows, G) float32
-        if metric == "cosine":
-            np.subtract(np.float32(1.0), dist, out=dist)
-        else:
-            dist *= np.float32(-2.0)
-            dist += g_sq[None, :]
-            dist += np.einsum("ij,ij->i", q, q)[:, None]
-        np.maximum(dist, np.float32(0.0), out=dist)
-        dist += np.float32(0.0)  # -0.0 -> +0.0, so the bit patterns order like the values
+def _true_match_ranks(q, qids, qcams, gallery, metric, index_bits):
+    """0-based rank of every true match of a chunk of queries in its query's ranked
+    gallery, with junk and same-camera images of the query's id ranked last.
 
-        same_id = qids[start:stop, None] == gids[None, :]
-        same_cam = qcams[start:stop, None] == gcams[None, :]
-        ignored = same_id & same_cam
-        ignored |= gallery_junk[None, :]
-        good = same_id
-        good &= ~same_cam
-        good &= ~gallery_junk[None, :]
+    Returns ``(match_rows, ranks, num_good)``: the chunk row of each true match and
+    its rank, grouped by row and ascending within a row, and ``(rows,)`` the number
+    of true matches per query.
+    """
+    dist = _distances(q, gallery, metric)
+    ignored, good = _ignore_and_match_masks(qids, qcams, gallery)
+    keys = _ranking_keys(dist, ignored, gallery.index, index_bits)
+    del dist, ignored  # freed before the sort, as in the chunk's memory estimate
+    good_keys = np.sort(keys[good])  # grouped by row, ranked within a row
+    num_good = good.sum(axis=1)
+    del good
+    keys.sort(axis=1)
+    match_rows = good_keys >> (31 + index_bits)
+    ranks = np.searchsorted(keys.ravel(), good_keys) - match_rows * len(gallery.index)  # 0-based
+    return match_rows, ranks, num_good
 
-        keys = dist.view(np.int32).astype(np.int64)
-        del dist
-        keys[ignored] = _INF_BITS
-        del ignored
-        keys <<= index_bits
-        keys |= gallery_index[None, :]
-        keys |= (np.arange(rows, dtype=np.int64) << (31 + index_bits))[:, None]
 
-        good_keys = np.sort(keys[good])  # grouped by row, ranked within a row
-        num_good = good.sum(axis=1)
-        del good
-        keys.sort(axis=1)
-        match_rows = good_keys >> (31 + index_bits)
-        ranks = np.searchsorted(keys.ravel(), good_keys) - match_rows * num_gallery  # 0-based
-        del keys
+def _distances(q, gallery, metric):
+    """``(rows, G)`` float32 distances, non-negative and never -0.0: squared Euclidean
+    from one matrix product (``|q|^2 - 2 q.g + |g|^2``) or ``1 - cos``."""
+    dist = q @ gallery.features.T  # (rows, G) float32
+    if metric == "cosine":
+        np.subtract(np.float32(1.0), dist, out=dist)
+    else:
+        dist *= np.float32(-2.0)
+        dist += gallery.sq_norms[None, :]
+        dist += np.einsum("ij,ij->i", q, q)[:, None]
+    np.maximum(dist, np.float32(0.0), out=dist)
+    dist += np.float32(0.0)  # -0.0 -> +0.0, so the bit patterns order like the values
+    return dist
 
-        offsets = np.concatenate([[0], np.cumsum(num_good)[:-1]])
-        hit_number = np.arange(len(good_keys), dtype=np.int64) - offsets[match_rows] + 1  # i
-        precision = hit_number / (ranks + 1.0)
-        if ap_mode == "market1501":
-            previous = np.where(ranks == 0, 1.0, (hit_number - 1) / np.maximum(ranks, 1))
-            contribution = (previous + precision) / 2.0
-        else:
-            contribution = precision
-        sums = np.bincount(match_rows, weights=contribution, minlength=rows)
-        valid = num_good > 0
-        ap[start:stop][valid] = sums[valid] / num_good[valid]
-        first_ranks = ranks[hit_number == 1]
-        first_hit_counts += np.bincount(first_ranks, minlength=num_gallery)
 
+def _ignore_and_match_masks(qids, qcams, gallery):
+    """``(rows, G)`` masks of the Market-1501 protocol: ``ignored`` (junk, or the
+    query's id in the query's camera) and ``good`` (the query's id in another camera,
+    the true matches)."""
+    same_id = qids[:, None] == gallery.ids[None, :]
+    same_cam = qcams[:, None] == gallery.cams[None, :]
+    ignored = same_id & same_cam
+    ignored |= gallery.junk[None, :]
+    good = same_id
+    good &= ~same_cam
+    good &= ~gallery.junk[None, :]
+    return ignored, good
+
+
+def _ranking_keys(dist, ignored, gallery_index, index_bits):
+    """``(rows, G)`` int64 keys ``row | distance bits | gallery index`` whose order is
+    the ranking (ties keep gallery order, like MATLAB's stable ``sort``); ignored
+    entries get the bits of an infinite distance, so they rank after every real one."""
+    keys = dist.view(np.int32).astype(np.int64)
+    keys[ignored] = _INF_BITS
+    keys <<= index_bits
+    keys |= gallery_index[None, :]
+    keys |= (np.arange(len(dist), dtype=np.int64) << (31 + index_bits))[:, None]
+    return keys
+
+
+def _hit_numbers(match_rows, num_good):
+    """1-based count of each true match among its query's true matches (``i`` of
+    ``precision = i / (rank + 1)``, ranks 0-based)."""
+    offsets = np.concatenate([[0], np.cumsum(num_good)[:-1]])
+    return np.arange(len(match_rows), dtype=np.int64) - offsets[match_rows] + 1
+
+
+def _average_precision(ranks, hit_number, match_rows, num_good, ap_mode):
+    """``(rows,)`` AP of each query of a chunk (NaN where it has no true match): the
+    mean of its true matches' ``_ap_terms``."""
+    terms = _ap_terms(ranks, hit_number, ap_mode)
+    sums = np.bincount(match_rows, weights=terms, minlength=len(num_good))
+    ap = np.full(len(num_good), np.nan, dtype=np.float64)
+    valid = num_good > 0
+    ap[valid] = sums[valid] / num_good[valid]
+    return ap
+
+
+def _ap_terms(ranks, hit_number, ap_mode):
+    """Each true match's share of its query's AP (times its number of true matches):
+    ``compute_AP.m``'s trapezoid ``(old_precision + precision) / 2`` for
+    ``"market1501"``, the precision itself for ``"standard"``."""
+    precision = hit_number / (ranks + 1.0)
+    if ap_mode != "market1501":
+        return precision
+    previous = np.where(ranks == 0, 1.0, (hit_number - 1) / np.maximum(ranks, 1))
+    return (previous + precision) / 2.0
+
+
+def _summary(ap, first_hit_counts):
+    """``evaluate``'s result from the per-query AP (NaN: skipped) and the histogram of
+    the ranks of each query's first true match."""
     scored = ~np.isnan(ap)
     num_queries = int(scored.sum())
-    num_skipped = int(len(qf) - num_queries)
+    num_skipped = int(len(ap) - num_queries)
     if num_skipped:
-        logger.info("%d of %d queries have no true match in the gallery; skipped.", num_skipped, len(qf))
+        logger.info("%d of %d queries have no true match in the gallery; skipped.", num_skipped, len(ap))
     if num_queries:
         cmc = np.cumsum(first_hit_counts) / float(num_queries)
         mean_ap = float(np.mean(ap[scored]))
     else:
-        cmc = np.full(num_gallery, np.nan)
+        cmc = np.full(len(first_hit_counts), np.nan)
         mean_ap = float("nan")
     return {
         "mAP": mean_ap,
@@ -284,6 +370,32 @@ def pool_multi_query(
       ``(Q, D)`` float32 features (and the counts if ``return_counts``).
     """
     _check_choice("mode", mode, ("mean", "max"))
+    qids, qcams, mf, mids, mcams, qf = _pool_inputs(
+        query_ids, query_cams, mq_features, mq_ids, mq_cams, query_features
+    )
+    dim = mf.shape[1]
+    if len(qids) + len(mids) == 0:
+        out = np.zeros((0, dim), np.float32)
+        return (out, np.zeros(0, np.int64)) if return_counts else out
+    q_keys, m_keys = _id_cam_keys(qids, qcams, mids, mcams)
+
+    pooled = np.zeros((len(qids), dim), np.float32)
+    counts = np.zeros(len(qids), np.int64)
+    if len(m_keys):
+        group_keys, group_features, group_sizes = _pool_groups(m_keys, mf, mode)
+        position = np.minimum(np.searchsorted(group_keys, q_keys), len(group_keys) - 1)
+        found = group_keys[position] == q_keys
+        pooled[found] = group_features[position[found]]
+        counts[found] = group_sizes[position[found]]
+    else:
+        found = np.zeros(len(qids), bool)
+    _fall_back_to_query_features(pooled, found, qf)
+    return (pooled, counts) if return_counts else pooled
+
+
+def _pool_inputs(query_ids, query_cams, mq_features, mq_ids, mq_cams, query_features):
+    """``pool_multi_query``'s arguments as int64 vectors and float32 features (the last
+    None without ``query_features``), checked to agree in length and feature size."""
     qids = _as_int_vector("query_ids", query_ids)
     qcams = _as_int_vector("query_cams", query_cams)
     if len(qids) != len(qcams):
@@ -292,62 +404,64 @@ def pool_multi_query(
     mcams = _as_int_vector("mq_cams", mq_cams)
     mf = _as_features("mq_features", mq_features)
     _check_lengths("mq_features", mf, mq_ids=mids, mq_cams=mcams)
-    dim = mf.shape[1]
     qf = None
     if query_features is not None:
         qf = _as_features("query_features", query_features)
         _check_lengths("query_features", qf, query_ids=qids)
-        if qf.shape[1] != dim:
+        if qf.shape[1] != mf.shape[1]:
             raise ValueError(
                 f"Feature dimension mismatch: query_features are {qf.shape[1]}-d but "
-                f"mq_features are {dim}-d."
+                f"mq_features are {mf.shape[1]}-d."
             )
+    return qids, qcams, mf, mids, mcams, qf
 
+
+def _id_cam_keys(qids, qcams, mids, mcams):
+    """One integer per (person id, camera) pair, for the queries and the pool: two
+    images get the same key exactly when they share both."""
     all_ids = np.concatenate([qids, mids])
     all_cams = np.concatenate([qcams, mcams])
-    if len(all_ids) == 0:
-        out = np.zeros((0, dim), np.float32)
-        return (out, np.zeros(0, np.int64)) if return_counts else out
     cam_min = all_cams.min()
     cam_range = int(all_cams.max() - cam_min) + 1
     id_min = all_ids.min()
     q_keys = (qids - id_min) * cam_range + (qcams - cam_min)
     m_keys = (mids - id_min) * cam_range + (mcams - cam_min)
+    return q_keys, m_keys
 
-    pooled = np.zeros((len(qids), dim), np.float32)
-    counts = np.zeros(len(qids), np.int64)
-    if len(m_keys):
-        order = np.argsort(m_keys, kind="stable")
-        sorted_keys = m_keys[order]
-        group_keys, starts, group_sizes = np.unique(sorted_keys, return_index=True, return_counts=True)
-        sorted_features = mf[order]
-        if mode == "mean":
-            group_features = np.add.reduceat(sorted_features, starts, axis=0, dtype=np.float64)
-            group_features /= group_sizes[:, None]
-        else:
-            group_features = np.maximum.reduceat(sorted_features, starts, axis=0)
-        position = np.minimum(np.searchsorted(group_keys, q_keys), len(group_keys) - 1)
-        found = group_keys[position] == q_keys
-        pooled[found] = group_features[position[found]]
-        counts[found] = group_sizes[position[found]]
+
+def _pool_groups(m_keys, mf, mode):
+    """The pool grouped by (id, camera) key: ``(group_keys, group_features,
+    group_sizes)``, keys ascending, features the mean (float64 sums) or the
+    element-wise max of the group."""
+    order = np.argsort(m_keys, kind="stable")
+    group_keys, starts, group_sizes = np.unique(m_keys[order], return_index=True, return_counts=True)
+    sorted_features = mf[order]
+    if mode == "mean":
+        group_features = np.add.reduceat(sorted_features, starts, axis=0, dtype=np.float64)
+        group_features /= group_sizes[:, None]
     else:
-        found = np.zeros(len(qids), bool)
+        group_features = np.maximum.reduceat(sorted_features, starts, axis=0)
+    return group_keys, group_features, group_sizes
 
+
+def _fall_back_to_query_features(pooled, found, qf):
+    """Gives the queries without a pool group (``~found``) their own single-query
+    feature, in place; a ``ValueError`` if there is any and no ``qf``."""
     missing = int((~found).sum())
-    if missing:
-        if qf is None:
-            raise ValueError(
-                f"{missing} of {len(qids)} queries have no multi-query image of the same id and "
-                "camera; pass query_features to fall back to their own features."
-            )
-        pooled[~found] = qf[~found]
-        logger.info(
-            "Multi-query: %d of %d queries have no gt_bbox image of the same id and camera; "
-            "they keep their single-query feature.",
-            missing,
-            len(qids),
+    if not missing:
+        return
+    if qf is None:
+        raise ValueError(
+            f"{missing} of {len(found)} queries have no multi-query image of the same id and "
+            "camera; pass query_features to fall back to their own features."
         )
-    return (pooled, counts) if return_counts else pooled
+    pooled[~found] = qf[~found]
+    logger.info(
+        "Multi-query: %d of %d queries have no gt_bbox image of the same id and camera; "
+        "they keep their single-query feature.",
+        missing,
+        len(found),
+    )
 
 
 def cmc_at(result, ranks=(1, 5, 10, 20)):
