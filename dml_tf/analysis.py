@@ -111,7 +111,7 @@ def predict_probabilities(model, dataset):
 
 
 def cross_entropy_loss(model, dataset, logits_fn=None):
-    """Mean cross-entropy ``-log p_y`` over the labelled (y >= 0) images of ``dataset``."""
+    """Mean cross-entropy ``-log p_y`` over the labeled (y >= 0) images of ``dataset``."""
     import tensorflow as tf
 
     logits_fn = logits_fn or _logits_fn(model)
@@ -123,7 +123,7 @@ def cross_entropy_loss(model, dataset, logits_fn=None):
         total += float(-log_probs[np.flatnonzero(keep), y[keep]].sum())
         count += int(keep.sum())
     if count == 0:
-        raise ValueError("The dataset holds no labelled image.")
+        raise ValueError("The dataset holds no labeled image.")
     return total / count
 
 
@@ -187,9 +187,9 @@ def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, li
 
     Classification sets: images standardised with the training images' per-channel
     mean/std, exactly as the training and test pipelines of ``dml_tf.data`` do; all
-    labels are the true ones (a semi-supervised run's unlabelled images included).
+    labels are the true ones (a semi-supervised run's unlabeled images included).
     ``market1501``: :func:`dml_tf.data.market1501.unaugmented_split` (train: the run's
-    class labels; test: the gallery's real identities, labelled by person id), which
+    class labels; test: the gallery's real identities, labeled by person id), which
     takes ``market_options`` (image_size, labeled_ids, source, ...). ``identities``
     and ``limit`` select images (:func:`dml_tf.data.pipeline.select_images`).
     Returns ``(tf.data.Dataset, number of images)``.

@@ -48,7 +48,7 @@ def _label_errors():
         if not found:
             raise
         raise ValueError(
-            f"Labels must be -1 (unlabelled) or a class in [0, {found.group(1)}); the data "
+            f"Labels must be -1 (unlabeled) or a class in [0, {found.group(1)}); the data "
             f"holds {found.group(2)}.") from None
 
 

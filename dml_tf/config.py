@@ -247,7 +247,7 @@ def check_setting(name, value):
 
 
 def current_spelling(name, value):
-    """``value`` of the field ``name``, an old spelling replaced by today's (``labelled``
+    """``value`` of the field ``name``, an old spelling replaced by today's (``labeled``
     -> ``labeled``: old flagfiles and scripts keep working)."""
     return FIELDS[name].metadata["aliases"].get(value, value) if isinstance(value, str) else value
 

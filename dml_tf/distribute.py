@@ -10,7 +10,7 @@ Data parallelism and the cohort: each replica computes every member's loss on it
 local share of the global batch, scaled by 1/num_replicas_in_sync (dml_tf/cohort.py),
 and the optimizers sum the replicas' gradients. This equals the single-device step
 on the global batch when the global batch splits into equal local batches (and, with
--1 unlabelled labels, equal labelled counts per replica): keep the global batch
+-1 unlabeled labels, equal labeled counts per replica): keep the global batch
 divisible by the number of replicas. tests/test_distribute.py checks the equality on
 two logical CPUs, for both update orders.
 

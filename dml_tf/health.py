@@ -38,8 +38,8 @@ class TrainingHealth(keras.callbacks.Callback):
     Args:
       member_names: the cohort's member names, in order (loss_k, accuracy_k).
       num_classes: number of classes (chance is 1 / num_classes).
-      samples_per_epoch: labelled training images seen per epoch.
-      validation_samples: labelled images of the validation set (None: no
+      samples_per_epoch: labeled training images seen per epoch.
+      validation_samples: labeled images of the validation set (None: no
         validation check).
       log: where warnings go (``print`` by default).
     """

@@ -92,7 +92,7 @@ def load_data(config):
 
 
 def labeled_only(dataset, batch_size):
-    """``--semi=labeled``: drop the unlabeled (-1) images (Sec. 4.10 "DML-labelled")."""
+    """``--semi=labeled``: drop the unlabeled (-1) images (Sec. 4.10 "DML-labeled")."""
     return dataset.unbatch().filter(lambda x, y: y >= 0).batch(batch_size)
 
 

@@ -37,7 +37,7 @@ def configure_devices(n=NUM_DEVICES):
     tf.config.threading.set_inter_op_parallelism_threads(2)
 
 
-def data(labels_with_unlabelled=False):
+def data(labels_with_unlabeled=False):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(GLOBAL_BATCH, IN_DIM)).astype("float32")
     y = rng.integers(0, NUM_CLASSES, size=(GLOBAL_BATCH,)).astype("int32")

@@ -166,7 +166,7 @@ def test_independent_training_equals_keras_fit(k_count, weight):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
-def test_unlabelled_samples_get_mimicry_but_no_cross_entropy():
+def test_unlabeled_samples_get_mimicry_but_no_cross_entropy():
     members = [linear_member(i, f"m{i}") for i in range(2)]
     start = [member_weights(m) for m in members]
     x, y = data()
@@ -175,15 +175,15 @@ def test_unlabelled_samples_get_mimicry_but_no_cross_entropy():
     cohort = dml_tf.MutualLearningModel(members, update="simultaneous")
     cohort.compile(optimizer=keras.optimizers.SGD(0.5))
     logs = cohort.train_on_batch(x, y_semi, return_dict=True)
-    labelled = y_semi >= 0
+    labeled = y_semi >= 0
     probs = [softmax(x @ w + b) for w, b in start]
     for k, (w, b) in enumerate(start):
         p = probs[k]
         ce_grad = np.zeros_like(p)
-        ce_grad[labelled] = (p - np.eye(CLASSES)[y])[labelled] / labelled.sum()
+        ce_grad[labeled] = (p - np.eye(CLASSES)[y])[labeled] / labeled.sum()
         grad_z = ce_grad + (p - probs[1 - k]) / len(x)  # mimicry over ALL samples
         np.testing.assert_allclose(member_weights(members[k])[0], w - 0.5 * x.T @ grad_z, atol=2e-6)
-    expected_ce0 = -np.log(probs[0][labelled, y[labelled]]).mean()
+    expected_ce0 = -np.log(probs[0][labeled, y[labeled]]).mean()
     np.testing.assert_allclose(logs["ce_0"], expected_ce0, rtol=1e-5)
 
 
@@ -373,21 +373,21 @@ def test_numbers_are_checked_and_numpy_scalars_accepted(arg):
 
 @pytest.mark.parametrize("bad_label", [CLASSES, 15, -2, -5])
 def test_labels_out_of_range_are_refused(bad_label):
-    """Labels are -1 (unlabelled) or classes in [0, CLASSES): label 15 of 4 classes
-    would count as labelled with zero cross-entropy, -5 as unlabelled."""
+    """Labels are -1 (unlabeled) or classes in [0, CLASSES): label 15 of 4 classes
+    would count as labeled with zero cross-entropy, -5 as unlabeled."""
     members = [linear_member(i, f"m{i}") for i in range(2)]
     start = [member_weights(m) for m in members]
     x, y = data(16)
     y[5] = bad_label
     cohort = dml_tf.MutualLearningModel(members)
     cohort.compile(optimizer=keras.optimizers.SGD(0.5))
-    with pytest.raises(ValueError, match=rf"-1 \(unlabelled\) or a class in \[0, {CLASSES}\).*{bad_label}"):
+    with pytest.raises(ValueError, match=rf"-1 \(unlabeled\) or a class in \[0, {CLASSES}\).*{bad_label}"):
         cohort.fit(x, y, batch_size=16, epochs=1, verbose=0)
     for member, (w, b) in zip(members, start):  # no update was applied
         np.testing.assert_array_equal(member_weights(member)[0], w)
     with pytest.raises(ValueError, match=rf"in \[0, {CLASSES}\)"):
         cohort.evaluate(x, y, verbose=0)
-    y[5] = -1  # unlabelled: fine
+    y[5] = -1  # unlabeled: fine
     cohort.fit(x, y, batch_size=16, epochs=1, verbose=0)
 
 

@@ -10,7 +10,7 @@ terms averaged over its LOCAL batch, and the optimizer sums the replicas'
 gradients. That equals the single-device gradient of the global-batch mean when
 the global batch splits into equal local batches (Keras' distributed datasets
 do this for a global batch divisible by the replica count) and, with -1
-(unlabelled) labels, when each replica holds the same number of labelled samples.
+(unlabeled) labels, when each replica holds the same number of labeled samples.
 """
 
 import json

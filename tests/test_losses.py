@@ -75,7 +75,7 @@ def test_no_peers_gives_zero(logits):
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_cross_entropy_masks_unlabelled_and_smooths(logits, smoothing):
+def test_cross_entropy_masks_unlabeled_and_smooths(logits, smoothing):
     labels = np.array([0, 4, -1, 2, -1, 1])
     p = softmax(logits[0])
     m = p.shape[1]
@@ -86,7 +86,7 @@ def test_cross_entropy_masks_unlabelled_and_smooths(logits, smoothing):
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
-def test_cross_entropy_all_unlabelled_is_zero(logits):
+def test_cross_entropy_all_unlabeled_is_zero(logits):
     got = losses.cross_entropy(tf.constant([-1] * 6), _tf_log_probs(logits[0]))
     assert float(got) == 0.0
 

@@ -188,7 +188,7 @@ def test_a_bad_value_gets_the_same_error_by_flag_and_by_config(name, value, mess
     assert str(by_flag.value) == str(by_config.value) == message
 
 
-def test_labelled_is_still_accepted_for_semi(tmp_path):
+def test_old_spelling_labelled_is_still_accepted_for_semi(tmp_path):
     """Old flagfiles say --semi=labelled: the same setting as --semi=labeled."""
     FLAGS.unparse_flags()
     try:

@@ -17,7 +17,7 @@ runs' histories (Fig. 4a, the ``ce_k`` metric logged by dml_tf.train, mean over 
 right, loss vs sigma per run, mean +- std over draws and members (Fig. 4b).
 Datasets: digits, cifar10, cifar100 and market1501 (labels as the run was trained:
 Market class indices over its training ids). The loss skips label -1: a Market-1501
-semi-supervised run's unlabelled identities (a CIFAR/digits run's images keep true labels).
+semi-supervised run's unlabeled identities (a CIFAR/digits run's images keep true labels).
 """
 
 import os
@@ -80,7 +80,7 @@ def compute(runs, output_dir, sigmas=(0.0, 0.001, 0.002, 0.005, 0.01), draws=3, 
             try:
                 out = analysis.noisy_losses(model, dataset, sigmas, draws=draws, seed=seed + m["index"],
                                             log=log)
-            except ValueError as e:  # e.g. --limit keeps only unlabelled images
+            except ValueError as e:  # e.g. --limit keeps only unlabeled images
                 raise app.UsageError(f"{run_dir} (--split={split}, --limit={limit}): {e}") from None
             out.update(index=m["index"], name=m.get("name"), net=m.get("net"))
             log(f"  clean loss {out['clean_loss']:.6f}")

@@ -18,7 +18,7 @@ the gallery's real identities):
 
 Writes ``posterior_stats.json`` and ``posterior_stats.png`` (bar charts) atomically.
 Datasets: digits, cifar10, cifar100 and market1501 (``dml_tf.analysis.unaugmented_dataset``;
-the probabilities need no labels, so a semi-supervised run's unlabelled images count too).
+the probabilities need no labels, so a semi-supervised run's unlabeled images count too).
 """
 
 import os

@@ -1,18 +1,18 @@
-r"""Semi-supervised DML (Fig. 6, Sec. 3.4/4.10): accuracy (or mAP) vs labelled data.
+r"""Semi-supervised DML (Fig. 6, Sec. 3.4/4.10): accuracy (or mAP) vs labeled data.
 
     python -m tools.semi_supervised --dataset=cifar100 --data_dir=... --net=resnet32 \
         --fractions=0.1,0.25,0.5,1 --output_dir=runs/semi
     python -m tools.semi_supervised --dataset=market1501 --data_dir=... --net=mobilenet \
         --labeled_ids=100,200,400,751 --output_dir=runs/semi_market
 
-For each labelled amount (``--fractions``: ``TrainConfig.labeled_fraction``, the fraction of
+For each labeled amount (``--fractions``: ``TrainConfig.labeled_fraction``, the fraction of
 each class's training images that keep their label, CIFAR/digits; or ``--labeled_ids``:
 ``TrainConfig.labeled_ids``, identities that keep their labels, Market-1501) and seed,
 three runs of ``dml_tf.runner.run`` into subfolders of ``--output_dir``:
 
-* ``single``: one network trained on the labelled images only (``semi="labeled"``);
-* ``dml_labeled``: a DML pair trained on the labelled images only (``semi="labeled"``);
-* ``dml_all``: a DML pair, cross-entropy on the labelled images and the mimicry (KL)
+* ``single``: one network trained on the labeled images only (``semi="labeled"``);
+* ``dml_labeled``: a DML pair trained on the labeled images only (``semi="labeled"``);
+* ``dml_all``: a DML pair, cross-entropy on the labeled images and the mimicry (KL)
   term on ALL training images (``semi="all"``, the paper's semi-supervised DML).
 
 Finished subfolders (results.json) are reused, so the sweep resumes. Score: the average
@@ -108,7 +108,7 @@ def compute(output_dir, dataset="digits", net="resnet32", fractions=None, labele
         curves[method] = points
 
     metric = "single-query mAP" if market else "test top-1 accuracy"
-    axis = "labelled identities" if market else "labelled fraction"
+    axis = "labeled identities" if market else "labeled fraction"
     payload = {"dataset": dataset, "net": net, "axis": axis, "amounts": amounts, "seeds": seeds,
                "metric": metric, "values": "fractions in [0, 1]; mean/std over members and seeds",
                "methods": {m: {"description": LABELS[m], "points": p} for m, p in curves.items()}}

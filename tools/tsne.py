@@ -11,7 +11,7 @@ the images of ``--split`` (default: the test split, no augmentation): with
 first ``--limit`` of them. Embeds them in 2-D with scikit-learn's TSNE (``--perplexity``,
 seeded by ``--seed``; one embedding per member, as the paper's per-network panels) and
 plots them coloured by label. Market-1501 runs (Fig. 5 proper): the test split is the
-gallery's real identities (junk and distractors left out), labelled and coloured by person
+gallery's real identities (junk and distractors left out), labeled and coloured by person
 id. Writes ``tsne.json`` (coordinates, labels, per run and member) and ``tsne.png`` (one
 panel per run and member). Datasets: digits, cifar10, cifar100, market1501.
 """

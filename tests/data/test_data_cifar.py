@@ -178,7 +178,7 @@ def test_train_is_deterministic_under_the_seed(c100):
     assert not np.array_equal(a1[0], c1[0])
 
 
-# ----------------------------------------------------------------- labelled fraction
+# ----------------------------------------------------------------- labeled fraction
 
 
 def test_labeled_fraction_per_class(tmp_path):

@@ -31,9 +31,9 @@ def test_mock_data_bundle(tmp_path):
             assert y.min() >= 0 and y.max() < 1000
         x, y = next(iter(bundle.test))
         assert x.shape == (4, 32, 32, 3) and x.dtype == tf.float32 and y.dtype == tf.int32
-        unlabelled = imagenet.load(data_dir=tmp_path, batch_size=6, image_size=32, tfds_data_dir=tmp_path,
+        unlabeled = imagenet.load(data_dir=tmp_path, batch_size=6, image_size=32, tfds_data_dir=tmp_path,
                                    labeled_fraction=1e-9)
-        _, y = next(iter(unlabelled.train))
+        _, y = next(iter(unlabeled.train))
         assert np.all(y.numpy() == -1)
 
 

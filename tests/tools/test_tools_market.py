@@ -110,7 +110,7 @@ def test_train_split_labels_of_a_semi_supervised_run(market_data):
         expected = [chosen[seed].tolist().index(i) if i in chosen[seed] else -1 for i in ids]
         assert split(data_dir, "train", labeled_ids=2, seed=seed)[1].tolist() == expected
     assert chosen[0].tolist() != chosen[3].tolist()  # the seed matters
-    # identities counts labelled identities only (-1 is none): the first one is 2 (label 0).
+    # identities counts labeled identities only (-1 is none): the first one is 2 (label 0).
     assert split(data_dir, "train", labeled_ids=2, labeled_selection="first", identities=1)[1].tolist() == [0] * 3
 
 
@@ -240,7 +240,7 @@ def test_semi_supervised_on_market_from_the_command_line(market_data, sweeps):
     data = json.loads((out / "semi_supervised.json").read_text())
     assert (out / "semi_supervised.png").stat().st_size > 1000
     assert set(data) == {"dataset", "net", "axis", "amounts", "seeds", "metric", "values", "methods"}
-    assert (data["axis"], data["amounts"], data["metric"]) == ("labelled identities", [2, 4], "single-query mAP")
+    assert (data["axis"], data["amounts"], data["metric"]) == ("labeled identities", [2, 4], "single-query mAP")
     assert list(data["methods"]) == ["dml_all"]
     points = data["methods"]["dml_all"]["points"]
     assert [p["runs"] for p in points] == [["dml_all_ids2_seed0"], ["dml_all_ids4_seed0"]]
@@ -262,8 +262,8 @@ def test_semi_supervised_on_market_from_the_command_line(market_data, sweeps):
     assert again["methods"] == data["methods"]
 
 
-def test_noise_and_posterior_skip_nothing_but_the_loss_of_unlabelled_ids(market_data, sweeps, tmp_path):
-    """A semi-supervised run (2 of 4 ids labelled, seed 0): the loss is over its labelled
+def test_noise_and_posterior_skip_nothing_but_the_loss_of_unlabeled_ids(market_data, sweeps, tmp_path):
+    """A semi-supervised run (2 of 4 ids labeled, seed 0): the loss is over its labeled
     images with its own class indices; the posterior statistics use every image."""
     from absl import app
 
@@ -287,8 +287,8 @@ def test_noise_and_posterior_skip_nothing_but_the_loss_of_unlabelled_ids(market_
         clean = -np.log(p[keep][np.arange(keep.sum()), labels[keep]]).mean()
         assert noise["runs"][0]["members"][k]["clean_loss"] == pytest.approx(clean, abs=1e-5)
         assert stats["runs"][0]["members"][k]["mean_entropy"] == pytest.approx(entropy(p).mean(), abs=1e-5)
-    # The first images are of unlabelled ids only: no loss to measure, a usage error.
-    unlabelled_prefix = int(np.argmax(labels >= 0))
-    assert unlabelled_prefix > 0
-    with pytest.raises(app.UsageError, match="--limit=.*no labelled image"):
-        load_tool("noise_robustness").compute(run, str(tmp_path), sigmas="0", limit=unlabelled_prefix)
+    # The first images are of unlabeled ids only: no loss to measure, a usage error.
+    unlabeled_prefix = int(np.argmax(labels >= 0))
+    assert unlabeled_prefix > 0
+    with pytest.raises(app.UsageError, match="--limit=.*no labeled image"):
+        load_tool("noise_robustness").compute(run, str(tmp_path), sigmas="0", limit=unlabeled_prefix)

@@ -18,7 +18,7 @@ def test_semi_supervised_sweep(tmp_path):
     written = json.loads((out / "semi_supervised.json").read_text())
     assert written == json.loads(json.dumps(data))
     assert (out / "semi_supervised.png").stat().st_size > 1000
-    assert written["amounts"] == [0.1, 0.5] and written["axis"] == "labelled fraction"
+    assert written["amounts"] == [0.1, 0.5] and written["axis"] == "labeled fraction"
     expected = {"single": (1, "independent", "labeled"), "dml_labeled": (2, "dml", "labeled"),
                 "dml_all": (2, "dml", "all")}
     for method, (k, mode, semi) in expected.items():

@@ -78,7 +78,7 @@ def test_every_tool_has_help():
 def test_select_images_takes_sorted_identities_then_limit():
     from dml_tf.data.pipeline import select_images
 
-    labels = [5, -1, 3, 5, 9, 3, -1]  # -1: an unlabelled image, no identity
+    labels = [5, -1, 3, 5, 9, 3, -1]  # -1: an unlabeled image, no identity
     assert select_images(labels).tolist() == list(range(7))
     assert select_images(labels, identities=2).tolist() == [0, 2, 3, 5]  # ids 3 and 5, not 5 and 3's order
     assert select_images(labels, identities=2, limit=3).tolist() == [0, 2, 3]
