@@ -131,3 +131,12 @@ def write_cifar_archive(directory, name="cifar100", n_train=40, n_test=20, seed=
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     return path, arrays
+
+
+def collect(dataset):
+    """All ``(images, labels)`` of a ``tf.data`` dataset of batches, as two NumPy arrays."""
+    images, labels = [], []
+    for x, y in dataset:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), np.concatenate(labels)

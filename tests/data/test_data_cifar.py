@@ -13,14 +13,7 @@ import dml_tf.data
 from dml_tf.data import augment, cifar, pipeline
 from dml_tf.errors import DataError, DatasetNotFoundError
 import helpers_data
-
-
-def _collect(dataset):
-    images, labels = [], []
-    for x, y in dataset:
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels)
+from helpers_data import collect
 
 
 def _to_uint8(bundle, images):
@@ -111,7 +104,7 @@ def test_archive_shapes_dtypes_and_channel_order(c100):
     assert x.dtype == tf.float32 and y.dtype == tf.int32
     assert x.shape == (8, 32, 32, 3) and y.shape == (8,)
     # test split: fixed order, un-standardised == the original HWC image (channel order)
-    images, labels = _collect(bundle.test)
+    images, labels = collect(bundle.test)
     np.testing.assert_array_equal(labels, arrays["test_labels"])
     np.testing.assert_allclose(_to_uint8(bundle, images), arrays["test_images"], atol=1e-3)
     assert labels.min() >= 0 and labels.max() < 100
@@ -120,7 +113,7 @@ def test_archive_shapes_dtypes_and_channel_order(c100):
 def test_train_images_are_reflect_crops_and_flips_of_the_originals(c100):
     directory, _, arrays = c100
     bundle = cifar.load("cifar100", data_dir=directory, batch_size=40, seed=3)
-    images, labels = _collect(bundle.train)
+    images, labels = collect(bundle.train)
     assert sorted(labels.tolist()) == sorted(arrays["train_labels"].tolist())  # one epoch, all images
     by_label = {int(l): img for l, img in zip(arrays["train_labels"], arrays["train_images"])}  # labels unique
     kinds = set()
@@ -149,9 +142,9 @@ def test_extracted_folder_and_archive_give_the_same_data(tmp_path):
     for data_dir in (tmp_path / "b", folder, archive):  # parent of folder, folder itself, archive file
         from_archive = cifar.load("cifar100", data_dir=tmp_path / "a", batch_size=16, seed=2)
         other = cifar.load("cifar100", data_dir=data_dir, batch_size=16, seed=2)
-        for a, b in zip(_collect(from_archive.test), _collect(other.test)):
+        for a, b in zip(collect(from_archive.test), collect(other.test)):
             np.testing.assert_array_equal(a, b)
-        for a, b in zip(_collect(from_archive.train), _collect(other.train)):
+        for a, b in zip(collect(from_archive.train), collect(other.train)):
             np.testing.assert_array_equal(a, b)
 
 
@@ -160,7 +153,7 @@ def test_extracted_folder_and_archive_give_the_same_data(tmp_path):
 
 def test_test_split_is_identical_on_every_pass(c100):
     bundle = cifar.load("cifar100", data_dir=c100[0], batch_size=6)
-    first, second = _collect(bundle.test), _collect(bundle.test)
+    first, second = collect(bundle.test), collect(bundle.test)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
 
@@ -168,13 +161,13 @@ def test_test_split_is_identical_on_every_pass(c100):
 def test_train_is_deterministic_under_the_seed(c100):
     a = cifar.load("cifar100", data_dir=c100[0], batch_size=16, seed=7)
     b = cifar.load("cifar100", data_dir=c100[0], batch_size=16, seed=7)
-    a1, a2 = _collect(a.train), _collect(a.train)
-    b1, b2 = _collect(b.train), _collect(b.train)
+    a1, a2 = collect(a.train), collect(a.train)
+    b1, b2 = collect(b.train), collect(b.train)
     for x, y in ((a1, b1), (a2, b2)):  # epoch 1 and epoch 2 of separately built pipelines
         np.testing.assert_array_equal(x[0], y[0])
         np.testing.assert_array_equal(x[1], y[1])
     assert not np.array_equal(a1[1], a2[1])  # reshuffled each epoch
-    c1 = _collect(cifar.load("cifar100", data_dir=c100[0], batch_size=16, seed=8).train)
+    c1 = collect(cifar.load("cifar100", data_dir=c100[0], batch_size=16, seed=8).train)
     assert not np.array_equal(a1[0], c1[0])
 
 
@@ -189,14 +182,14 @@ def test_labeled_fraction_per_class(tmp_path):
     assert bundle.labeled_size == 20
     for c in range(10):
         assert mask[raw == c].sum() == 2  # round(0.4 * 5)
-    _, labels = _collect(bundle.train)
+    _, labels = collect(bundle.train)
     assert (labels == -1).sum() == 30
     assert sorted(labels[labels >= 0].tolist()) == sorted(raw[mask].tolist())
     again = cifar.load("cifar10", data_dir=tmp_path, seed=1, labeled_fraction=0.4)
     np.testing.assert_array_equal(again.extras["labeled_mask"], mask)
     tiny = cifar.load("cifar10", data_dir=tmp_path, seed=1, labeled_fraction=0.01)
     assert tiny.labeled_size == 10  # at least one per class
-    _, test_labels = _collect(bundle.test)
+    _, test_labels = collect(bundle.test)
     assert test_labels.min() >= 0  # the test split keeps all labels
 
 
@@ -322,6 +315,6 @@ def test_tfds_arrays_are_used_when_available(monkeypatch):
     _fake_tfds(monkeypatch, prepared=True, load=lambda *a, **kw: [train, test])
     bundle = cifar.load("cifar10", batch_size=4)
     assert (bundle.train_size, bundle.test_size, bundle.extras["source"]) == (12, 4, "tfds")
-    images, labels = _collect(bundle.test)
+    images, labels = collect(bundle.test)
     np.testing.assert_allclose(_to_uint8(bundle, images), test[0], atol=1e-3)
     np.testing.assert_array_equal(labels, test[1])

@@ -12,6 +12,7 @@ import tensorflow as tf
 from dml_tf.data import market1501
 from dml_tf.errors import DataError, DatasetNotFoundError
 import helpers_market
+from helpers_data import collect
 from paths import ROOT
 
 SIZE = (8, 4)  # tiny network input for speed
@@ -22,14 +23,6 @@ def market(tmp_path_factory):
     root = tmp_path_factory.mktemp("market") / "Market-1501-v15.09.15"
     written = helpers_market.write_market1501(root)
     return str(root), written
-
-
-def _epoch(dataset):
-    images, labels = [], []
-    for x, y in dataset:
-        images.append(x.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(images), np.concatenate(labels)
 
 
 def _split_pixels(split):
@@ -88,7 +81,7 @@ def test_load_folders(market):
     assert bundle.input_shape == (8, 4, 3)
     assert bundle.train_size == len(written["train"]) == 10
     np.testing.assert_array_equal(bundle.info["train_ids"], train_ids)  # label k <-> original id
-    images, labels = _epoch(bundle.train)
+    images, labels = collect(bundle.train)
     assert images.shape == (10, 8, 4, 3) and images.dtype == np.float32
     assert images.min() >= -1.0 and images.max() <= 1.0 and images.min() < -0.5 and images.max() > 0.5
     expected = sorted(train_ids.index(pid) for pid, cams in helpers_market.TRAIN.items() for _ in cams)
@@ -130,15 +123,15 @@ def test_default_image_size_and_batches(market):
 
 def test_shuffle_and_flips_are_seeded(market):
     data_dir, _ = market
-    first = _epoch(market1501.load(data_dir, batch_size=3, seed=5, image_size=SIZE).train)
-    again = _epoch(market1501.load(data_dir, batch_size=3, seed=5, image_size=SIZE).train)
-    other = _epoch(market1501.load(data_dir, batch_size=3, seed=6, image_size=SIZE).train)
+    first = collect(market1501.load(data_dir, batch_size=3, seed=5, image_size=SIZE).train)
+    again = collect(market1501.load(data_dir, batch_size=3, seed=5, image_size=SIZE).train)
+    other = collect(market1501.load(data_dir, batch_size=3, seed=6, image_size=SIZE).train)
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert not np.array_equal(first[0], other[0])
     # a new epoch reshuffles (deterministically)
     dataset = market1501.load(data_dir, batch_size=3, seed=5, image_size=SIZE).train
-    epoch1, epoch2 = _epoch(dataset), _epoch(dataset)
+    epoch1, epoch2 = collect(dataset), collect(dataset)
     np.testing.assert_array_equal(epoch1[0], first[0])
     assert not np.array_equal(epoch1[0], epoch2[0])
 
@@ -149,7 +142,7 @@ def test_junk_and_distractors_never_enter_training(tmp_path):
     bundle = market1501.load(str(tmp_path), batch_size=32, image_size=SIZE)
     assert bundle.info["dropped"] == {"junk": 1, "distractor": 1}
     assert bundle.train_size == 10 and bundle.num_classes == 4
-    _, labels = _epoch(bundle.train)
+    _, labels = collect(bundle.train)
     assert len(labels) == 10 and labels.min() >= 0
 
 
@@ -158,7 +151,7 @@ def test_labeled_ids(market):
     first = market1501.load(data_dir, image_size=SIZE, labeled_ids=2, labeled_selection="first")
     assert first.num_classes == 2
     np.testing.assert_array_equal(first.info["labeled_ids"], [2, 7])
-    _, labels = _epoch(first.train)
+    _, labels = collect(first.train)
     assert sorted(labels.tolist()) == [-1] * 5 + [0, 0, 0, 1, 1]  # ids 2 (3 images), 7 (2)
     assert first.train_size == 10 and first.labeled_size == 5
     rand = market1501.load(data_dir, image_size=SIZE, labeled_ids=2, seed=3)
@@ -230,7 +223,7 @@ def test_tfrecords_match_folders(market, tmp_path):
         np.testing.assert_array_equal(a.cams, b.cams)
         np.testing.assert_array_equal(a.filenames, b.filenames)
         np.testing.assert_array_equal(_split_pixels(a), _split_pixels(b))
-    folder_epoch, record_epoch = _epoch(folders.train), _epoch(records.train)
+    folder_epoch, record_epoch = collect(folders.train), collect(records.train)
     np.testing.assert_array_equal(folder_epoch[1], record_epoch[1])
     np.testing.assert_array_equal(folder_epoch[0], record_epoch[0])
     # no manifest (e.g. an interrupted conversion) -> a clear error
