@@ -200,8 +200,8 @@ def evaluate_and_save(cohort, bundle, model_dir):
 def run(config, log=print, callbacks=()):
     """Trains the cohort described by ``config`` and returns the results dict.
 
-    ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard, TrainingHealth
-    and, unless ``config.verbose`` is set, the per-member epoch table).
+    ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard, the per-member
+    epoch table unless ``config.verbose`` is set, and TrainingHealth).
     A run interrupted at any instant resumes from its last finished epoch when
     started again with the same training settings (``ConfigError`` otherwise).
     """
@@ -225,9 +225,10 @@ def run(config, log=print, callbacks=()):
     callbacks = [
         backup,
         reporting.CohortTensorBoard(os.path.join(config.model_dir, run_dir.LOGS_DIR)),
-        TrainingHealth([m.name for m in members], bundle.num_classes, labeled_per_epoch,
-                      validation_samples=bundle.test_size, log=log),
         *([reporting.EpochTable(log=log)] if config.verbose is None else []),
+        # After the table: an epoch's warnings follow the numbers they are about.
+        TrainingHealth([m.name for m in members], bundle.num_classes, labeled_per_epoch,
+                       validation_samples=bundle.test_size, log=log),
         *callbacks,
     ]
     verbose = 0 if config.verbose is None else config.verbose
