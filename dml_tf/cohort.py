@@ -11,6 +11,7 @@ import tensorflow as tf
 from dml_tf import _keras_compat
 from dml_tf import losses as dml_losses
 from dml_tf import placement as placement_lib
+from dml_tf.errors import check_choice
 from dml_tf.optimizers import CohortOptimizer, loss_scalers, member_optimizers, moving_statistics
 
 UPDATES = ("sequential", "simultaneous")
@@ -128,11 +129,8 @@ class MutualLearningModel(keras.Model):
     ):
         super().__init__(name=name, **kwargs)
         self._validate_members(members)
-        if update not in UPDATES:
-            raise ValueError(f"Unknown update {update!r}; expected one of {UPDATES}.")
-        if member_batches not in MEMBER_BATCHES:
-            raise ValueError(f"Unknown member_batches {member_batches!r}; expected one of "
-                             f"{MEMBER_BATCHES}.")
+        check_choice("update", update, UPDATES)
+        check_choice("member_batches", member_batches, MEMBER_BATCHES)
         self.objective = dml_losses.MemberObjective(
             mimicry=mimicry, mimicry_weight=mimicry_weight, peer_reduction=peer_reduction,
             label_smoothing=label_smoothing, entropy_weight=entropy_weight,
@@ -182,6 +180,7 @@ class MutualLearningModel(keras.Model):
                 + ", ".join(f"{m.name}: {c}" for m, c in zip(members, classes))
                 + "."
             )
+
     def member_device(self, k):
         """The device of member ``k`` (``None`` without placement)."""
         return self._devices[k] if self._devices else None
@@ -388,7 +387,6 @@ class MutualLearningModel(keras.Model):
         return self.objective.reads_peers and any(
             self._is_learner(j) for j in range(k + 1, self.num_members))
 
-
     def call(self, inputs, training=False):
         """Per-member class probabilities, shape (K, batch, classes)."""
         return tf.stack(
@@ -469,8 +467,6 @@ class MutualLearningModel(keras.Model):
     def evaluate(self, *args, **kwargs):
         with _label_errors():
             return super().evaluate(*args, **kwargs)
-
-    # ------------------------------------------------------------------- steps
 
     # ------------------------------------------------------------------- steps
 

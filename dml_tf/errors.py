@@ -6,6 +6,13 @@ input and what was expected.
 """
 
 
+def check_choice(name, value, choices):
+    """``ValueError`` ("Unknown NAME 'value'; expected one of CHOICES.") unless ``value``
+    is one of ``choices``: the constructors' check of a string option."""
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {choices}.")
+
+
 class DMLError(Exception):
     """Base class of dml_tf's own errors."""
 

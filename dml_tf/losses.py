@@ -12,6 +12,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from dml_tf.errors import check_choice
+
 MIMICRY_MODES = ("kl", "js", "ensemble")
 PEER_REDUCTIONS = ("mean", "sum")
 
@@ -79,12 +81,8 @@ def mimicry_loss(log_probs, peer_log_probs, mode="kl", peer_reduction="mean"):
     Returns:
       A scalar; 0 when there are no peers (K = 1).
     """
-    if mode not in MIMICRY_MODES:
-        raise ValueError(f"Unknown mimicry mode {mode!r}; expected one of {MIMICRY_MODES}.")
-    if peer_reduction not in PEER_REDUCTIONS:
-        raise ValueError(
-            f"Unknown peer_reduction {peer_reduction!r}; expected one of {PEER_REDUCTIONS}."
-        )
+    check_choice("mimicry mode", mode, MIMICRY_MODES)
+    check_choice("peer_reduction", peer_reduction, PEER_REDUCTIONS)
     return _mimicry(log_probs, peer_log_probs, mode, peer_reduction)
 
 
@@ -156,11 +154,8 @@ class MemberObjective:
 
     def __init__(self, mimicry="kl", mimicry_weight=1.0, peer_reduction="mean",
                  label_smoothing=0.0, entropy_weight=0.0, feature_l2_weight=0.0):
-        if mimicry not in MIMICRY_MODES:
-            raise ValueError(f"Unknown mimicry {mimicry!r}; expected one of {MIMICRY_MODES}.")
-        if peer_reduction not in PEER_REDUCTIONS:
-            raise ValueError(
-                f"Unknown peer_reduction {peer_reduction!r}; expected one of {PEER_REDUCTIONS}.")
+        check_choice("mimicry", mimicry, MIMICRY_MODES)
+        check_choice("peer_reduction", peer_reduction, PEER_REDUCTIONS)
         for arg, value in (("mimicry_weight", mimicry_weight), ("entropy_weight", entropy_weight),
                            ("feature_l2_weight", feature_l2_weight)):
             if not _is_real(value) or not value >= 0 or not math.isfinite(value):

@@ -11,6 +11,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from dml_tf.errors import check_choice
+
 PLACEMENTS = ("none", "per_member")
 
 
@@ -24,8 +26,7 @@ def placement_devices():
 
 def check_placement(placement):
     """Refuses an unknown placement, and ``"per_member"`` under a multi-replica strategy."""
-    if placement not in PLACEMENTS:
-        raise ValueError(f"Unknown placement {placement!r}; expected one of {PLACEMENTS}.")
+    check_choice("placement", placement, PLACEMENTS)
     if placement != "none" and tf.distribute.has_strategy() and \
             tf.distribute.get_strategy().num_replicas_in_sync > 1:
         raise ValueError(
