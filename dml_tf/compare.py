@@ -106,13 +106,11 @@ def read_run(run_dir):
         with np.load(path) as data:
             predictions = {key: data[key] for key in data.files}
         test_size = len(predictions["labels"])
-    test = results.get("test") or {}
 
     rows = {}
     for entry in members:
         k = entry["index"]
-        accuracy = entry.get("test_accuracy")
-        accuracy = _fraction(test.get(f"accuracy_{k}") if accuracy is None else accuracy)
+        accuracy = run_folder.member_accuracy(results, k)
         correct = None
         if predictions is not None and k < len(predictions["members"]):
             correct = int(np.sum(predictions["members"][k] == predictions["labels"]))

@@ -126,11 +126,12 @@ def member_entries(results):
 
 
 def member_accuracy(results, k):
-    """Test top-1 accuracy (fraction) of member ``k`` of a results.json dict: its
-    ``test_accuracy``, else ``test["accuracy_{k}"]``; None when neither is there."""
-    members = results.get("members") or []
-    if k < len(members) and members[k].get("test_accuracy") is not None:
-        return float(members[k]["test_accuracy"])
+    """Test top-1 accuracy (fraction) of member ``k`` (the entry with ``"index"`` k, by
+    default its position) of a results.json dict: its ``test_accuracy``, else
+    ``test["accuracy_{k}"]``; None when neither is there."""
+    for entry in member_entries(results):
+        if entry["index"] == k and entry.get("test_accuracy") is not None:
+            return float(entry["test_accuracy"])
     acc = (results.get("test") or {}).get(f"accuracy_{k}")
     return None if acc is None else float(acc)
 
