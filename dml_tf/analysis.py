@@ -55,6 +55,21 @@ def posterior_statistics(probs, top_k=TOP_K):
     }
 
 
+def fit_statistics(probs, labels):
+    """How a member fits images it trained on (Sec. 4.7): ``accuracy``, ``cross_entropy``
+    (``-log p_y``, mean over the labeled images) and ``mean_entropy`` (nats, all images)
+    of its probabilities ``(N, C)`` against ``labels`` (-1: unlabeled)."""
+    probs = _as_probs(probs)
+    labels = np.asarray(labels).reshape(-1)
+    keep = np.flatnonzero(labels >= 0)
+    p_true = probs[keep, labels[keep]]
+    return {
+        "accuracy": float((probs[keep].argmax(axis=1) == labels[keep]).mean()) if len(keep) else None,
+        "cross_entropy": float(-np.log(np.maximum(p_true, 1e-300)).mean()) if len(keep) else None,
+        "mean_entropy": float(entropies(probs).mean()),
+    }
+
+
 def teaching_signal_entropy(cohort_probs):
     """Sec. 4.8: mean entropy of the mimicry targets of each member of a cohort.
 

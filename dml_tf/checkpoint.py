@@ -105,6 +105,20 @@ def _flag(value):
     return str(value)
 
 
+def append_epoch(history, logs):
+    """Appends one epoch's ``logs`` to ``history`` (name -> list, one entry per epoch),
+    keeping every list one entry per epoch: a value missing from this epoch's logs (the
+    validation metrics of an epoch that ``validation_freq`` skips) is None, and so are
+    the earlier epochs of a name first logged now."""
+    epochs = max((len(v) for v in history.values()), default=0)
+    for key, value in (logs or {}).items():
+        history.setdefault(key, [None] * epochs).append(_scalar(value))
+    for values in history.values():
+        if len(values) == epochs:
+            values.append(None)
+    return history
+
+
 class TrainingBackup(keras.callbacks.BackupAndRestore):
     """``BackupAndRestore`` whose every save is atomic and carries the run's settings,
     history and training time (module doc). Saves at the end of every epoch.
@@ -150,8 +164,7 @@ class TrainingBackup(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = self.state["epoch"]
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(_scalar(value))
+        append_epoch(self.history, logs)
         super().on_epoch_end(epoch, logs)  # -> _save_model
 
     def _save_model(self):

@@ -106,6 +106,9 @@ class MutualLearningModel(keras.Model):
         from their current weights (their moving statistics untouched), so with
         ``update="sequential"`` the peers before k are already updated. Feed K times
         the per-member batch size.
+      mimicry_warmup_steps: 0 (the paper) or S > 0: at iteration t (counted from 0)
+        the mimicry term is weighted ``mimicry_weight * min(1, t / S)``, a linear
+        ramp from 0 (as ONE, Lan et al. 2018, advise for online distillation).
 
     Labels equal to -1 mark unlabeled samples (Sec. 3.4): they count in the
     mimicry term but not in the cross-entropy.
@@ -124,6 +127,7 @@ class MutualLearningModel(keras.Model):
         feature_layer="features",
         placement="none",
         member_batches="shared",
+        mimicry_warmup_steps=0,
         name="mutual_learning",
         **kwargs,
     ):
@@ -131,6 +135,11 @@ class MutualLearningModel(keras.Model):
         self._validate_members(members)
         check_choice("update", update, UPDATES)
         check_choice("member_batches", member_batches, MEMBER_BATCHES)
+        if (isinstance(mimicry_warmup_steps, bool) or not isinstance(mimicry_warmup_steps, int)
+                or mimicry_warmup_steps < 0):
+            raise ValueError("`mimicry_warmup_steps` must be an integer >= 0; got "
+                             f"{mimicry_warmup_steps!r}.")
+        self.mimicry_warmup_steps = int(mimicry_warmup_steps)
         self.objective = dml_losses.MemberObjective(
             mimicry=mimicry, mimicry_weight=mimicry_weight, peer_reduction=peer_reduction,
             label_smoothing=label_smoothing, entropy_weight=entropy_weight,
@@ -396,7 +405,16 @@ class MutualLearningModel(keras.Model):
 
     # ------------------------------------------------------------------ losses
 
-    def member_loss(self, k, labels, logits, log_probs, features=None, own_log_probs=None):
+    def mimicry_ramp(self):
+        """The factor of the mimicry weight at this iteration: ``min(1, t / S)`` with
+        ``mimicry_warmup_steps`` S > 0, None (the full weight) without a ramp."""
+        if not self.mimicry_warmup_steps:
+            return None
+        step = tf.cast(self.optimizer.iterations, tf.float32)
+        return tf.minimum(1.0, step / float(self.mimicry_warmup_steps))
+
+    def member_loss(self, k, labels, logits, log_probs, features=None, own_log_probs=None,
+                    mimicry_scale=None):
         """Member k's loss terms (``objective``) given the cohort's current targets.
 
         Args:
@@ -408,6 +426,7 @@ class MutualLearningModel(keras.Model):
           features: list of the K members' features (for ``feature_l2_weight``).
           own_log_probs: ``log_probabilities(logits)`` when already computed (with
             gradient); computed from ``logits`` otherwise.
+          mimicry_scale: factor of the mimicry weight (:meth:`mimicry_ramp`); None: 1.
 
         Returns:
           dict with ``loss`` (the total minimized), ``ce`` and ``mimicry``.
@@ -418,12 +437,14 @@ class MutualLearningModel(keras.Model):
         if self.feature_l2_weight:
             own_features = features[k]
             peer_features = [tf.stop_gradient(f) for i, f in enumerate(features) if i != k]
-        return self.objective(labels, own, peers, own_features, peer_features, self.members[k].losses)
+        return self.objective(labels, own, peers, own_features, peer_features, self.members[k].losses,
+                              mimicry_scale=mimicry_scale)
 
     def _loss_terms(self, k, labels, forward, targets, features):
         """Member k's loss terms on its device, recorded on its tape."""
         with self._on(k), _recording(forward.tape):
-            return self.member_loss(k, labels, forward.logits, targets, features, forward.log_probs)
+            return self.member_loss(k, labels, forward.logits, targets, features, forward.log_probs,
+                                    mimicry_scale=self.mimicry_ramp())
 
     def _update_member_metrics(self, k, terms, labels, log_probs):
         # Batch means weighted by batch size: epoch values are per-sample means.
@@ -588,6 +609,7 @@ class MutualLearningModel(keras.Model):
             "feature_layer": self.feature_layer,
             "placement": self.placement,
             "member_batches": self.member_batches,
+            "mimicry_warmup_steps": self.mimicry_warmup_steps,
         })
         return config
 

@@ -90,6 +90,10 @@ class TrainConfig:
     mimicry_weight: float = setting(1.0, "Weight of the mimicry term.", range=NON_NEGATIVE)
     peer_reduction: str = setting("mean", "mean: 1/(K-1) as Eq. 10; sum: the original code.",
                                   choices=PEER_REDUCTIONS)
+    mimicry_warmup_epochs: float = setting(
+        0.0, "Raise the mimicry weight linearly from 0 to --mimicry_weight over this many "
+        "epochs (as ONE, Lan et al. 2018, advise for online distillation); 0: the paper, "
+        "full weight from the first step.", range=NON_NEGATIVE)
     entropy_weight: float = setting(0.0, "Confidence penalty (Table 5 'Independent, Entropy').",
                                     range=NON_NEGATIVE)
     feature_l2_weight: float = setting(0.0, "L2 between members' features (Table 5 'DML, L2').",
@@ -139,6 +143,9 @@ class TrainConfig:
     bn_momentum: Optional[float] = setting(None, "Batch-norm momentum (= TF-slim decay) of every "
                                            "member; default each net's own: 0.9997 for mobilenet / "
                                            "inception_v1 (TF-slim), 0.9 else.", range=UNIT)
+    train_per_class: Optional[int] = setting(
+        None, "Train on this many images of each class only: a stratified subset drawn by "
+        "--seed (CIFAR, digits, folder); default all.", range=POSITIVE)
     labeled_fraction: float = setting(1.0, "Fraction of training images labeled (CIFAR).", range=FRACTION)
     labeled_ids: Optional[int] = setting(None, "Labeled identities (Market-1501).", range=POSITIVE)
     semi: str = setting("all", "all: mimicry on all data (DML-all); labeled: labeled data only "
@@ -149,6 +156,9 @@ class TrainConfig:
     placement: str = setting("none", "none, or per_member: member k on device k mod N (Sec. 4.5).",
                              choices=PLACEMENTS, run_only=True)
     mixed_precision: str = setting("float32", "Keras dtype policy.", choices=PRECISIONS)
+    validation_freq: int = setting(
+        1, "Evaluate on the test split every this many epochs (Keras fit's validation_freq; "
+        "the final evaluation always runs).", range=POSITIVE, run_only=True)
     overwrite: bool = setting(False, "Start afresh in --model_dir: replace a finished run and "
                               "discard the checkpoint of an interrupted one.", run_only=True)
     verbose: Optional[int] = setting(None, "Default: a table per epoch, a row per member (and a step "

@@ -175,7 +175,7 @@ class MemberObjective:
         return self.mimicry_weight > 0 or self.feature_l2_weight > 0
 
     def __call__(self, labels, log_probs, peer_log_probs, features=None, peer_features=(),
-                 regularization=()):
+                 regularization=(), mimicry_scale=None):
         """Member k's loss terms.
 
         Args:
@@ -185,13 +185,16 @@ class MemberObjective:
           features, peer_features: member k's and its peers' (stopped) features; read
             only when ``feature_l2_weight`` > 0.
           regularization: member k's regularization losses (``member.losses``).
+          mimicry_scale: a factor of ``mimicry_weight`` at this step (a mimicry ramp-up);
+            None: the weight as it is.
 
         Returns:
           dict with ``loss`` (the total minimized), ``ce`` and ``mimicry`` (unweighted).
         """
         ce = cross_entropy(labels, log_probs, self.label_smoothing)
         mimicry = _mimicry(log_probs, peer_log_probs, self.mimicry, self.peer_reduction)
-        total = ce + self.mimicry_weight * mimicry
+        weight = self.mimicry_weight if mimicry_scale is None else self.mimicry_weight * mimicry_scale
+        total = ce + weight * mimicry
         if self.entropy_weight:
             total -= self.entropy_weight * tf.reduce_mean(entropy(log_probs))
         if self.feature_l2_weight:

@@ -10,8 +10,9 @@
   member_K.keras each member as a plain Keras model.
   test_predictions.npz  the class each member and the ensemble predict for every
                  test image, and the labels (dml_tf.compare's paired test).
-  results.json   written last and atomically: config, per-epoch history, final
-                 test accuracy per member and of the ensemble, wall time.
+  results.json   written last and atomically: config, per-epoch history (and the
+                 epochs validated), final test accuracy per member and of the
+                 ensemble, fit to the training images, class names, wall time.
   eval.json      Market-1501 retrieval scores, written by ``python -m dml_tf.evaluate``.
 
 A run is finished when its results.json exists; a folder with only backup/ is an
@@ -68,14 +69,20 @@ def save_members(model_dir, members):
         os.replace(tmp, os.path.join(model_dir, member_file(k)))
 
 
-def make_results(config, bundle, members, history, epochs_run, test, wall_time):
+def make_results(config, bundle, members, history, epochs_run, test, wall_time, training_fit=()):
     """results.json's dict: ``config`` (a resolved TrainConfig), the data ``bundle``'s
-    sizes, the ``members`` (Keras models, saved by :func:`save_members`), every epoch's
-    ``history``, ``test`` (the cohort's test metrics) and ``wall_time`` (s)."""
+    sizes and class names, the ``members`` (Keras models, saved by :func:`save_members`),
+    every epoch's ``history`` (None where an epoch has no value: validation skipped by
+    ``validation_freq``) and the epochs validated, ``test`` (the cohort's test metrics),
+    ``wall_time`` (s) and ``training_fit`` (per member, fit to the unaugmented training
+    images: accuracy, cross-entropy, mean posterior entropy; ``runner.training_fit``)."""
     return {
         "config": dataclasses.asdict(config),
         "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
-                    "train_size": bundle.train_size, "test_size": bundle.test_size},
+                    "train_size": bundle.train_size, "test_size": bundle.test_size,
+                    "class_names": bundle.extras.get("class_names")},
+        "validation_epochs": validation_epochs(history),
+        "training_fit": list(training_fit),
         "members": [{"index": k, "net": config.nets[k], "name": member.name, "file": member_file(k),
                      "trainable": bool(member.trainable), "test_accuracy": test.get(f"accuracy_{k}")}
                     for k, member in enumerate(members)],
@@ -85,6 +92,14 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time):
         "ensemble_test_accuracy": test.get("ensemble_accuracy"),
         "wall_time_s": wall_time,
     }
+
+
+def validation_epochs(history):
+    """The epochs (1-based) whose validation metrics ``history`` holds."""
+    values = [v for k, v in history.items() if k.startswith("val_")]
+    if not values:
+        return []
+    return [e + 1 for e in range(len(values[0])) if any(v[e] is not None for v in values)]
 
 
 def write_results(model_dir, results):

@@ -10,6 +10,7 @@ import time
 import keras
 import tensorflow as tf
 
+from dml_tf import analysis
 from dml_tf import checkpoint
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
@@ -66,12 +67,14 @@ def checked_state(config, log=print):
 
 def data_options(config):
     """The data loader's arguments that a run's settings imply: ``seed``, and ``data_dir``,
-    ``labeled_fraction``, ``labeled_ids``, ``image_size`` where set. ``config``: a
+    ``train_per_class``, ``labeled_fraction``, ``labeled_ids``, ``image_size`` where set. ``config``: a
     TrainConfig, or the ``"config"`` dict of a run's results.json."""
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
     options = {"seed": get("seed") or 0}
     if get("data_dir"):
         options["data_dir"] = get("data_dir")
+    if get("train_per_class") is not None:
+        options["train_per_class"] = get("train_per_class")
     if get("labeled_fraction") not in (None, 1.0):
         options["labeled_fraction"] = get("labeled_fraction")
     if get("labeled_ids") is not None:
@@ -157,7 +160,8 @@ def build_cohort(config, bundle, steps_per_epoch):
         label_smoothing=config.label_smoothing, entropy_weight=config.entropy_weight,
         feature_l2_weight=config.feature_l2_weight,
         placement=config.placement,
-        member_batches=config.member_batches)
+        member_batches=config.member_batches,
+        mimicry_warmup_steps=round(config.mimicry_warmup_epochs * steps_per_epoch))
     cohort.compile(
         optimizer=[make_optimizer(config, steps_per_epoch, name=f"{config.optimizer}_{k}")
                    for k in range(len(members))],
@@ -195,6 +199,21 @@ def evaluate_and_save(cohort, bundle, model_dir):
         save_test_predictions(cohort, bundle.test, os.path.join(model_dir, run_dir.PREDICTIONS_FILE))
     run_dir.save_members(model_dir, cohort.members)
     return test
+
+
+def training_fit(members, bundle):
+    """Per member, :func:`dml_tf.analysis.fit_statistics` on the training images without
+    augmentation, in inference mode (accuracy, loss and posterior entropy, Sec. 4.7);
+    ``[]`` for a dataset whose loader has no such split."""
+    make = bundle.extras.get("train_unaugmented")
+    if make is None:
+        return []
+    dataset = make()
+    fits = []
+    for k, member in enumerate(members):
+        probs, labels = analysis.predict_probabilities(member, dataset)
+        fits.append({"index": k, **analysis.fit_statistics(probs, labels)})
+    return fits
 
 
 def run(config, log=print, callbacks=()):
@@ -235,14 +254,15 @@ def run(config, log=print, callbacks=()):
     log(reporting.describe_run(config, members, train_count, bundle.test_size, steps_per_epoch))
     start = time.time()
     history = cohort.fit(stream, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                         validation_data=bundle.test, callbacks=callbacks, verbose=verbose,
+                         validation_data=bundle.test, validation_freq=config.validation_freq,
+                         callbacks=callbacks, verbose=verbose,
                          shuffle=False)  # the pipeline shuffles, seeded
     wall_time = backup.train_time_s + time.time() - start  # + earlier sessions' epochs
 
     test = evaluate_and_save(cohort, bundle, config.model_dir)
     # backup.history: every epoch, earlier sessions' included
     results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
-                                   test, wall_time)
+                                   test, wall_time, training_fit(members, bundle))
     run_dir.write_results(config.model_dir, results)
     log(format_summary(results))
     return results

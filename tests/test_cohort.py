@@ -487,3 +487,55 @@ def test_separate_member_batches_wrap_a_short_batch():
         dml_tf.MutualLearningModel(members, member_batches="own")
     config = dml_tf.MutualLearningModel(members, member_batches="separate").get_config()
     assert dml_tf.MutualLearningModel.from_config(config).member_batches == "separate"
+
+
+def _cohort_pair(warmup_steps, weight=0.8):
+    members = [linear_member(i, f"m{i}") for i in range(2)]
+    cohort = dml_tf.MutualLearningModel(members, mimicry_weight=weight,
+                                        mimicry_warmup_steps=warmup_steps)
+    cohort.compile(optimizer=keras.optimizers.SGD(0.5))
+    return cohort, members
+
+
+def test_mimicry_ramp_weight_per_step():
+    cohort, _ = _cohort_pair(warmup_steps=4)
+    assert dml_tf.MutualLearningModel(
+        [linear_member(0, "a"), linear_member(1, "b")]).mimicry_ramp() is None  # the paper: no ramp
+    x, y = data()
+    seen = []
+    for _ in range(6):
+        seen.append(float(cohort.mimicry_ramp()))
+        cohort.train_on_batch(x, y)
+    assert seen == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    with pytest.raises(ValueError, match="mimicry_warmup_steps"):
+        dml_tf.MutualLearningModel([linear_member(0, "c")], mimicry_warmup_steps=-1)
+
+
+@pytest.mark.parametrize("step", [0, 1, 3])
+def test_mimicry_ramp_step_matches_algorithm_1_with_the_ramped_weight(step):
+    """At iteration t the step is Algorithm 1 with weight w * min(1, t / S): at t = 0 it is
+    independent training, from t = S the paper's step."""
+    x, y = data(seed=step)
+    cohort, members = _cohort_pair(warmup_steps=2)
+    cohort.optimizer.iterations.assign(step)
+    start = [member_weights(m) for m in members]
+    cohort.train_on_batch(x, y)
+    expected = reference_step(start, x, y, 0.5, "sequential", weight=0.8 * min(1.0, step / 2))
+    for member, (w, b) in zip(members, expected):
+        np.testing.assert_allclose(member_weights(member)[0], w, atol=2e-6)
+        np.testing.assert_allclose(member_weights(member)[1], b, atol=2e-6)
+
+
+def test_no_ramp_is_exactly_the_paper_step():
+    x, y = data()
+    weights = []
+    for warmup in (0, 1):
+        cohort, members = _cohort_pair(warmup_steps=warmup)
+        cohort.optimizer.iterations.assign(5)  # past the ramp: factor 1
+        cohort.train_on_batch(x, y)
+        weights.append([member_weights(m) for m in members])
+    for (w0, b0), (w1, b1) in zip(*weights):
+        np.testing.assert_array_equal(w0, w1)
+        np.testing.assert_array_equal(b0, b1)
+    restored = dml_tf.MutualLearningModel.from_config(_cohort_pair(3)[0].get_config())
+    assert restored.mimicry_warmup_steps == 3

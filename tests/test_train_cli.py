@@ -15,11 +15,12 @@ from absl import app, flags
 
 from dml_tf import cli_flags
 from dml_tf import config as cfg
-from dml_tf import runner, train
+from dml_tf import runner, study, train
 from helpers_data import write_cifar_archive
 from paths import ROOT
 
 FLAGS = flags.FLAGS
+study.define_flags()  # the study's flagfiles hold its flags too
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,10 @@ def test_cli_trains_and_writes_results(cifar_dir, tmp_path):
     assert results["config"]["optimizer"] == "sgd" and results["config"]["nesterov"] is True
     assert results["config"]["lr_decay_epochs"] == [60, 120, 180]
     assert results["dataset"] == {"name": "cifar100", "num_classes": 100, "train_size": 40,
-                                  "test_size": 20}
+                                  "test_size": 20,
+                                  "class_names": [f"class_{i:03d}" for i in range(100)]}
+    assert results["validation_epochs"] == [1, 2]
+    assert [fit["index"] for fit in results["training_fit"]] == [0, 1]
     assert len(results["history"]["loss_0"]) == 2 and "val_ensemble_accuracy" in results["history"]
     assert 0 <= results["ensemble_test_accuracy"] <= 1
     for k, entry in enumerate(results["members"]):
@@ -142,9 +146,29 @@ def test_every_flagfile_parses_and_resolves(path):
         if config.mode == "distill":
             assert config.teacher, path
         resolved = config.resolved()
+        folders = (FLAGS.study_dir or "", FLAGS.export_dir or "")
     finally:
         FLAGS.unparse_flags()
-    assert resolved.nets and resolved.epochs > 0 and resolved.model_dir.startswith("runs/")
+    assert resolved.nets and resolved.epochs > 0
+    if os.path.basename(path).startswith("study_"):
+        assert folders[0].startswith("runs/") and folders[1].startswith("results/")
+    else:
+        assert resolved.model_dir.startswith("runs/")
+
+
+def test_validation_freq_keeps_every_epoch_and_evaluates_at_the_end(cifar_dir, tmp_path):
+    lines = []
+    results = runner.run(tiny_config(tmp_path / "run", cifar_dir, epochs=3, validation_freq=2,
+                                     verbose=None), log=lines.append)
+    history = results["history"]
+    assert results["validation_epochs"] == [2]
+    assert len(history["loss_0"]) == 3 and None not in history["loss_0"]
+    assert history["val_accuracy_0"][0] is None and history["val_accuracy_0"][2] is None
+    assert history["val_accuracy_0"][1] is not None
+    # Epoch 3 was not validated by fit, but the final evaluation always runs.
+    assert results["test"]["accuracy_0"] == results["members"][0]["test_accuracy"] is not None
+    tables = [line for line in lines if line.startswith("Epoch ")]
+    assert len(tables) == 3 and "val_acc" in tables[1] and "val_acc" not in tables[2]
 
 
 def test_every_setting_is_one_flag_and_every_training_flag_a_setting():

@@ -319,7 +319,8 @@ def load_arrays(name, data_dir=None):
 # --------------------------------------------------------------------------- load
 
 
-def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buffer=None):
+def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buffer=None,
+         train_per_class=None):
     """CIFAR-10/100 as a :class:`DatasetBundle` with the paper's augmentation.
 
     Args:
@@ -332,6 +333,8 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
         (rounded, at least one image per class, chosen by ``seed``) and labels the
         rest -1 (semi-supervised DML).
       shuffle_buffer: tf.data shuffle buffer; None = the whole training set.
+      train_per_class: train on this many images of each class only (a stratified
+        subset drawn by ``seed``; the statistics are the subset's); None = all.
 
     ``extras``: ``mean``/``std`` (per channel, [0, 1] scale, of the training
     images), ``labeled_mask`` (bool per training image),
@@ -352,6 +355,7 @@ def load(name, data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuff
         seed=seed,
         labeled_fraction=labeled_fraction,
         shuffle_buffer=shuffle_buffer,
+        train_per_class=train_per_class,
         extras=lambda arrays: {
             "class_names": arrays["class_names"],
             "source": "tfds" if data_dir is None else "data_dir",

@@ -72,7 +72,8 @@ def train_augment(image, seed):
     return augment.cifar_train_augment(image, seed, pad=PAD, flip=False)
 
 
-def load(data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buffer=None):
+def load(data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buffer=None,
+         train_per_class=None):
     """The digits as a :class:`DatasetBundle` (see the module docstring).
 
     ``data_dir`` is accepted for a uniform command line and ignored: the data ship
@@ -94,5 +95,6 @@ def load(data_dir=None, batch_size=64, seed=0, labeled_fraction=1.0, shuffle_buf
         seed=seed,
         labeled_fraction=labeled_fraction,
         shuffle_buffer=shuffle_buffer,
+        train_per_class=train_per_class,
         extras=lambda _: {"class_names": [str(d) for d in range(NUM_CLASSES)], "split_seed": SPLIT_SEED},
     )

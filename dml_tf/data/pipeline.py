@@ -91,6 +91,27 @@ def select_labeled(labels, labeled_fraction, seed):
     return np.where(mask, labels, np.int32(-1)).astype(np.int32), mask
 
 
+def select_per_class(labels, per_class, seed):
+    """A seeded, stratified training subset: sorted indices of ``per_class`` images of
+    every class (``--train_per_class``).
+
+    For each class ``c`` (ascending), ``per_class`` of its images are drawn without
+    replacement by ``np.random.default_rng(seed)``. ValueError naming the class when
+    one has fewer images than that (the subset would be unbalanced without saying so).
+    """
+    per_class = check_positive_int("train_per_class", per_class)
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(check_seed(seed))
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class:
+            raise ValueError(f"train_per_class={per_class}, but class {c} has only "
+                             f"{len(members)} training images.")
+        keep.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(keep))
+
+
 def select_images(labels, identities=None, limit=None):
     """Indices (stored order) of the images an analysis keeps (tools/tsne.py, Fig. 5).
 
@@ -222,28 +243,40 @@ def classification_bundle(
     labeled_fraction,
     shuffle_buffer,
     extras=None,
+    train_per_class=None,
 ):
     """The :class:`DatasetBundle` of an in-memory classification data set (CIFAR, digits).
 
     Checks the arguments, then calls ``load_arrays()`` for a dict with
     ``train_images``/``test_images`` (NHWC uint8, or float in [0, 1]) and
-    ``train_labels``/``test_labels``; keeps ``labeled_fraction`` of each class
+    ``train_labels``/``test_labels``; keeps ``train_per_class`` training images of
+    each class when given (:func:`select_per_class`, drawn by ``seed``); keeps
+    ``labeled_fraction`` of each class
     labeled (:func:`select_labeled`, drawn by ``seed``), standardises with the
     training images' :func:`channel_stats`, and builds :func:`train_dataset` (with
     ``augment_fn``) and :func:`eval_dataset`, both of ``batch_size``.
 
     ``extras`` holds ``mean``/``std`` (per channel, [0, 1] scale), ``labeled_mask``
-    (bool per training image) and then whatever ``extras(arrays)`` returns.
+    (bool per training image), ``train_unaugmented`` (a function returning the
+    training images, true labels, as :func:`eval_dataset`: stored order, no
+    augmentation) and then whatever ``extras(arrays)`` returns.
     """
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
     fraction = check_labeled_fraction(labeled_fraction)
     if shuffle_buffer is not None:
         check_positive_int("shuffle_buffer", shuffle_buffer)
+    if train_per_class is not None:
+        check_positive_int("train_per_class", train_per_class)
 
     arrays = load_arrays()
     train_images, test_images = arrays["train_images"], arrays["test_images"]
-    train_labels, mask = select_labeled(arrays["train_labels"], fraction, seed)
+    train_labels = arrays["train_labels"]
+    if train_per_class is not None:
+        subset = select_per_class(train_labels, train_per_class, seed)
+        train_images, train_labels = train_images[subset], np.asarray(train_labels)[subset]
+    true_labels = train_labels
+    train_labels, mask = select_labeled(train_labels, fraction, seed)
     mean, std = channel_stats(train_images)
     train = train_dataset(train_images, train_labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer)
     test = eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
@@ -256,5 +289,7 @@ def classification_bundle(
         train_size=len(train_images),
         test_size=len(test_images),
         labeled_size=int(mask.sum()),
-        extras={"mean": mean, "std": std, "labeled_mask": mask, **(extras(arrays) if extras else {})},
+        extras={"mean": mean, "std": std, "labeled_mask": mask,
+                "train_unaugmented": lambda: eval_dataset(train_images, true_labels, batch_size, mean, std),
+                **(extras(arrays) if extras else {})},
     )

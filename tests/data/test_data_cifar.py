@@ -318,3 +318,24 @@ def test_tfds_arrays_are_used_when_available(monkeypatch):
     images, labels = collect(bundle.test)
     np.testing.assert_allclose(_to_uint8(bundle, images), test[0], atol=1e-3)
     np.testing.assert_array_equal(labels, test[1])
+
+
+def test_train_per_class_is_a_seeded_stratified_subset(tmp_path):
+    path, arrays = helpers_data.write_cifar_archive(tmp_path, "cifar10", n_train=100, n_test=20, seed=4)
+    labels = np.asarray(arrays["train_labels"])
+    subsets = []
+    for seed in (0, 0, 1):
+        bundle = cifar.load("cifar10", data_dir=str(tmp_path), batch_size=7, seed=seed, train_per_class=3)
+        assert bundle.train_size == 30 and bundle.test_size == 20
+        subset = pipeline.select_per_class(labels, 3, seed)
+        assert np.bincount(labels[subset], minlength=10).tolist() == [3] * 10
+        # The bundle trains on those images, standardised with their own statistics.
+        mean, _ = pipeline.channel_stats(arrays["train_images"][subset])
+        np.testing.assert_allclose(bundle.extras["mean"], mean)
+        x, y = collect(bundle.extras["train_unaugmented"]())
+        np.testing.assert_array_equal(y, labels[subset])
+        np.testing.assert_allclose(_to_uint8(bundle, x), arrays["train_images"][subset], atol=0.51)
+        subsets.append(subset.tolist())
+    assert subsets[0] == subsets[1] != subsets[2]
+    with pytest.raises(ValueError, match="train_per_class=11, but class 0 has only 10 training images"):
+        cifar.load("cifar10", data_dir=str(tmp_path), train_per_class=11)

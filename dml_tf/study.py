@@ -1,0 +1,223 @@
+r"""Does DML help on this data? A controlled, multi-seed study of DML against independent
+training, and its report.
+
+    python -m dml_tf.study --study_dir=runs/study --dataset=cifar10 --data_dir=DIR \
+        --nets=resnet32,resnet32 --train_per_class=100 --epochs=60 --seeds=0,1,2
+    dml-study --flagfile=flags/study_cifar10_sample100_resnet32.flags --data_dir=DIR
+
+For every seed and every arm (``--arm``, default ``independent`` and ``dml``) it trains
+one cohort in ``STUDY_DIR/ARM/seed_S`` with the training flags given (as
+``python -m dml_tf.train`` takes them), ``--mode`` and ``--seed`` set by the arm and the
+seed: within a seed every arm starts from the same initial weights and sees the same
+batches in the same order, so the arms differ only in what they learn from. A finished
+run is reused (its settings must be the study's), an interrupted one resumes from its
+last finished epoch: start the command again after a stop and it goes on.
+
+After every finished run it writes the report of the runs finished so far, atomically,
+into ``STUDY_DIR`` (and ``--export_dir``, with a copy of every run's results.json: the
+evidence without the weights): ``study.json``, ``study.md`` and ``study.png`` (see
+:mod:`dml_tf.study_report`).
+"""
+
+import dataclasses
+import os
+
+from absl import app, flags
+
+from dml_tf import cli_flags
+from dml_tf import config as cfg
+
+FLAGS = flags.FLAGS
+# Set per run by the study, not by flags.
+STUDY_SET = ("mode", "seed", "model_dir", "overwrite")
+DEFAULT_ARMS = ("independent", "dml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm of a study: its ``label`` (a folder name) and the training settings it
+    sets (``mode`` always among them)."""
+
+    label: str
+    settings: tuple
+
+    def apply(self, config):
+        return dataclasses.replace(config, **dict(self.settings))
+
+
+def parse_arm(spec):
+    """An :class:`Arm` from ``LABEL`` (a mode: ``dml``, ``independent``) or
+    ``LABEL:SETTING=VALUE[;SETTING=VALUE...]`` (``dml_ramp:mode=dml;mimicry_warmup_epochs=5``).
+    ConfigError naming the spec when it cannot be read."""
+    label, _, rest = spec.partition(":")
+    label = label.strip()
+    if not label or not all(c.isalnum() or c in "_-." for c in label):
+        raise cfg.ConfigError(f"--arm {spec!r}: the label must be a folder name (letters, digits, _-.).")
+    settings = {}
+    for item in filter(None, (part.strip() for part in rest.split(";"))):
+        name, equals, value = item.partition("=")
+        name = name.strip()
+        if not equals or name not in cfg.FIELDS:
+            raise cfg.ConfigError(f"--arm {spec!r}: {item!r} is not SETTING=VALUE with a training "
+                                  f"setting of python -m dml_tf.train.")
+        if name in ("seed", "model_dir", "overwrite"):
+            raise cfg.ConfigError(f"--arm {spec!r}: {name} is set by the study, not by an arm.")
+        settings[name] = _typed(name, value.strip(), spec)
+    if not rest:
+        settings["mode"] = label
+    if "mode" not in settings:
+        raise cfg.ConfigError(f"--arm {spec!r} sets no mode: add ;mode=dml (or independent, distill).")
+    cfg.check_setting("mode", settings["mode"])
+    return Arm(label, tuple(sorted(settings.items())))
+
+
+def _typed(name, text, spec):
+    """``text`` as the type of the training setting ``name``."""
+    kind = cli_flags.flag_kind(cfg.FIELDS[name])
+    try:
+        if kind == "list":
+            return tuple(text.split(","))
+        if kind == "boolean":
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        return {"string": str, "integer": int, "float": float}[kind](text)
+    except ValueError:
+        raise cfg.ConfigError(f"--arm {spec!r}: {name}={text!r} is not a valid {kind}.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    arm: str
+    seed: int
+    config: cfg.TrainConfig
+
+
+def plan(base, arms, seeds, study_dir):
+    """The runs of a study, seed by seed (every arm of seed 0 first, so the first paired
+    difference comes early): each a resolved, checked TrainConfig."""
+    labels = [arm.label for arm in arms]
+    if len(set(labels)) != len(labels):
+        raise cfg.ConfigError(f"--arm labels must differ; got {', '.join(labels)}.")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise cfg.ConfigError(f"--seeds must list distinct seeds; got {list(seeds)}.")
+    runs = []
+    for seed in seeds:
+        for arm in arms:
+            config = arm.apply(dataclasses.replace(
+                base, seed=seed, model_dir=os.path.join(study_dir, arm.label, f"seed_{seed}")))
+            runs.append(PlannedRun(arm.label, seed, config.resolved()))
+    return runs
+
+
+def reuse_or_train(config, log=print):
+    """The results of the run ``config`` describes: read when its folder holds it finished
+    with the same training settings (ConfigError naming each difference otherwise),
+    trained (or resumed) when not."""
+    from dml_tf import checkpoint, run_dir, runner
+
+    if not run_dir.is_finished(config.model_dir):
+        return runner.run(config, log=log)
+    results = run_dir.read_results(config.model_dir)
+    saved = {k: v for k, v in (results.get("config") or {}).items() if k not in cfg.RUN_ONLY_FIELDS}
+    defaults = cfg.TrainConfig(dataset=config.dataset).resolved().training_settings()
+    differences = checkpoint.settings_differences(saved, config.training_settings(), defaults)
+    if differences:
+        listed = "; ".join(f"--{n}: {old} in the run, {new} now" for n, old, new in differences)
+        raise cfg.ConfigError(f"{config.model_dir} holds a finished run with other settings ({listed}): "
+                              "use another --study_dir, or give the study the settings of its runs.")
+    log(f"[reuse] {config.model_dir} is finished")
+    return results
+
+
+def export_evidence(runs, study_dir, export_dir):
+    """Copies the report files and each finished run's results.json (no weights) into
+    ``export_dir``, keeping the ``ARM/seed_S/`` layout."""
+    from dml_tf import run_dir
+    from dml_tf.io_utils import atomic_write_bytes
+
+    def copy(source, target):
+        with open(source, "rb") as handle:
+            atomic_write_bytes(target, handle.read())
+
+    for run in runs:
+        if run_dir.is_finished(run.config.model_dir):
+            target = os.path.join(export_dir, os.path.relpath(run.config.model_dir, study_dir))
+            os.makedirs(target, exist_ok=True)
+            copy(run_dir.results_path(run.config.model_dir), os.path.join(target, run_dir.RESULTS_FILE))
+    for name in ("study.json", "study.md", "study.png"):
+        if os.path.isfile(os.path.join(study_dir, name)):
+            copy(os.path.join(study_dir, name), os.path.join(export_dir, name))
+
+
+def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print):
+    """Trains (or reuses) every run of the study and writes its report after each; returns
+    the report (:func:`dml_tf.study_report.build`)."""
+    from dml_tf import study_report
+
+    runs = plan(base, arms, seeds, study_dir)
+    baseline = baseline or arms[0].label
+    if baseline not in [arm.label for arm in arms]:
+        raise cfg.ConfigError(f"--baseline {baseline!r} is not an arm; the arms are "
+                              f"{', '.join(arm.label for arm in arms)}.")
+    os.makedirs(study_dir, exist_ok=True)
+    report = None
+    for i, run in enumerate(runs, 1):
+        log(f"[study {i}/{len(runs)}] arm {run.arm}, seed {run.seed}: {run.config.model_dir}")
+        reuse_or_train(run.config, log=log)
+        report = study_report.write(runs, study_dir, baseline, log=log if i == len(runs) else None)
+        if export_dir:
+            export_evidence(runs, study_dir, export_dir)
+    log(study_report.verdict_lines(report))
+    return report
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def define_flags():
+    for name in cfg.FIELDS:
+        if name not in STUDY_SET:
+            cli_flags.define_setting(name)
+    cli_flags.define("string", "study_dir", None, "Folder of the study: one run per ARM/seed_S, "
+                     "and the report (study.json, study.md, study.png).")
+    cli_flags.define("list", "seeds", ["0", "1", "2"], "Seeds; each trains every arm once.")
+    cli_flags.define("multi_string", "arm", list(DEFAULT_ARMS),
+                     "An arm: a mode (dml, independent) or LABEL:SETTING=VALUE;... "
+                     "(e.g. dml_ramp:mode=dml;mimicry_warmup_epochs=5). Repeat for each arm.")
+    cli_flags.define("string", "baseline", None, "The arm every other arm is compared with "
+                     "(default: the first).")
+    cli_flags.define("string", "export_dir", None, "Also copy the report and each run's "
+                     "results.json (no weights) here: the evidence to publish.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from dml_tf.errors import DMLError, TrainingDivergedError
+
+    if not FLAGS.study_dir:
+        raise app.UsageError("--study_dir is required: the folder of the study's runs and report.")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError:
+        raise app.UsageError(f"--seeds must be comma-separated integers; got {','.join(FLAGS.seeds)}.")
+    try:
+        arms = [parse_arm(spec) for spec in FLAGS.arm]
+        base = cfg.TrainConfig(**{name: FLAGS[name].value for name in cfg.FIELDS if name not in STUDY_SET})
+        run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir)
+    except TrainingDivergedError as e:
+        raise SystemExit(f"dml_tf.study: {e}") from None
+    except (DMLError, ValueError) as e:  # cfg.ConfigError is a ValueError
+        raise app.UsageError(str(e)) from None
+
+
+def run():
+    from dml_tf import cli
+
+    define_flags()
+    cli.run(main, doc=__doc__)
+
+
+if __name__ == "__main__":
+    run()

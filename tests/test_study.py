@@ -1,0 +1,147 @@
+"""dml_tf.study: arms, the paired interval, a whole study on tiny data (both arms, two
+seeds, reuse on a second call, the report recomputed from the runs' own files)."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from dml_tf import config as cfg
+from dml_tf import run_dir, study, study_report
+
+# Student's t, 97.5% quantile, from a printed table (not computed by the code under test).
+T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}
+
+
+def test_parse_arm():
+    assert study.parse_arm("dml") == study.Arm("dml", (("mode", "dml"),))
+    arm = study.parse_arm("dml_ramp:mode=dml;mimicry_warmup_epochs=5;nets=resnet20,resnet20")
+    assert dict(arm.settings) == {"mode": "dml", "mimicry_warmup_epochs": 5.0,
+                                  "nets": ("resnet20", "resnet20")}
+    for spec, words in [("mutual", "--mode must be one of"), ("x:mimicry_weight=2", "sets no mode"),
+                        ("x:mode=dml;seed=3", "set by the study"), ("x:mode=dml;lr=3", "not SETTING=VALUE"),
+                        ("x:mode=dml;epochs=many", "not a valid integer"), ("a/b", "folder name")]:
+        with pytest.raises(cfg.ConfigError, match=words):
+            study.parse_arm(spec)
+
+
+@pytest.mark.parametrize("values", [[0.01, -0.004, 0.02], [0.5, 0.7], [1.0, 2.0, 3.0, 4.0, 5.5]])
+def test_paired_interval_against_t_table(values):
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_975[n - 1] * sd / math.sqrt(n)
+    got = study_report.paired_interval(values)
+    assert got["n"] == n and got["mean"] == pytest.approx(mean) and got["std"] == pytest.approx(sd)
+    assert got["interval"] == pytest.approx([mean - half, mean + half], rel=1e-4)
+    assert got["resolved"] == (mean - half > 0 or mean + half < 0)
+
+
+def test_paired_interval_needs_two_values():
+    assert study_report.paired_interval([0.3]) == {"n": 1, "mean": 0.3, "std": None,
+                                                   "interval": None, "resolved": False}
+    assert study_report.paired_interval([0.01, 0.011, 0.012])["resolved"]  # tight, above 0
+
+
+def test_plan_refuses_repeated_arms_and_seeds(tmp_path):
+    base = cfg.TrainConfig(dataset="digits")
+    with pytest.raises(cfg.ConfigError, match="labels must differ"):
+        study.plan(base, [study.parse_arm("dml"), study.parse_arm("dml")], [0], str(tmp_path))
+    with pytest.raises(cfg.ConfigError, match="distinct seeds"):
+        study.plan(base, [study.parse_arm("dml")], [1, 1], str(tmp_path))
+
+
+def _base(**overrides):
+    settings = dict(dataset="digits", nets=("tiny_cnn", "tiny_cnn"), epochs=2, steps_per_epoch=2,
+                    batch_size=16, train_per_class=6, verbose=0, validation_freq=2)
+    return cfg.TrainConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    arms = [study.parse_arm("independent"), study.parse_arm("dml"),
+            study.parse_arm("dml0:mode=dml;mimicry_weight=0")]
+    lines = []
+    report = study.run_study(_base(), arms, [0, 1], str(root / "s"), export_dir=str(root / "export"),
+                             log=lines.append)
+    return root, arms, report, lines
+
+
+def test_study_trains_every_arm_and_seed(tiny_study):
+    root, arms, report, _ = tiny_study
+    assert report["finished_runs"] == report["planned_runs"] == 6
+    for arm in ("independent", "dml", "dml0"):
+        for seed in (0, 1):
+            results = run_dir.read_results(str(root / "s" / arm / f"seed_{seed}"))
+            assert results["config"]["seed"] == seed
+            assert results["dataset"]["train_size"] == 60  # 6 per class
+            assert results["validation_epochs"] == [2]
+    # Same initial weights and batches within a seed: DML with no mimicry IS independent training.
+    for seed in (0, 1):
+        a = run_dir.read_results(str(root / "s" / "independent" / f"seed_{seed}"))
+        b = run_dir.read_results(str(root / "s" / "dml0" / f"seed_{seed}"))
+        assert a["history"]["loss_0"] == b["history"]["loss_0"]
+        assert a["test"]["accuracy_1"] == b["test"]["accuracy_1"]
+
+
+def test_report_numbers_come_from_the_runs(tiny_study):
+    root, _, report, _ = tiny_study
+    saved = json.loads((root / "s" / "study.json").read_text())
+    accuracy = {(arm, seed): run_dir.read_results(str(root / "s" / arm / f"seed_{seed}"))
+                for arm in ("independent", "dml") for seed in (0, 1)}
+    for arm in ("independent", "dml"):
+        ens = [accuracy[arm, s]["ensemble_test_accuracy"] for s in (0, 1)]
+        assert saved["arms"][arm]["ensemble"]["mean"] == pytest.approx(np.mean(ens))
+        assert saved["arms"][arm]["ensemble"]["std"] == pytest.approx(np.std(ens, ddof=1))
+        member0 = [accuracy[arm, s]["members"][0]["test_accuracy"] for s in (0, 1)]
+        assert saved["arms"][arm]["members"][0]["mean"] == pytest.approx(np.mean(member0))
+        entropy = [accuracy[arm, s]["training_fit"][1]["mean_entropy"] for s in (0, 1)]
+        assert saved["arms"][arm]["train_mean_entropy"][1]["mean"] == pytest.approx(np.mean(entropy))
+        last_acc = [accuracy[arm, s]["history"]["accuracy_0"][-1] for s in (0, 1)]
+        assert saved["arms"][arm]["final_train_accuracy"][0]["mean"] == pytest.approx(np.mean(last_acc))
+    pair = next(p for p in saved["paired"] if p["arm"] == "dml")
+    diffs = []
+    for s in (0, 1):
+        mean = {a: np.mean([m["test_accuracy"] for m in accuracy[a, s]["members"]]) for a in ("dml", "independent")}
+        diffs.append(mean["dml"] - mean["independent"])
+    assert pair["member_mean"]["per_seed"] == pytest.approx(diffs)
+    half = T_975[1] * np.std(diffs, ddof=1) / math.sqrt(2)
+    assert pair["member_mean"]["interval"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half],
+                                                            rel=1e-4, abs=1e-9)
+    md = (root / "s" / "study.md").read_text()
+    assert "## Paired by seed" in md and "dml - independent" in md
+    assert (root / "s" / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_holds_results_without_weights(tiny_study):
+    root = tiny_study[0]
+    files = sorted(os.path.relpath(os.path.join(d, f), root / "export")
+                   for d, _, fs in os.walk(root / "export") for f in fs)
+    assert files == sorted(["study.json", "study.md", "study.png"] +
+                           [f"{a}/seed_{s}/results.json" for a in ("independent", "dml", "dml0") for s in (0, 1)])
+
+
+def test_second_call_reuses_and_other_settings_are_refused(tiny_study):
+    root, arms, report, _ = tiny_study
+    before = os.path.getmtime(root / "s" / "dml" / "seed_1" / "results.json")
+    lines = []
+    again = study.run_study(_base(), arms, [0, 1], str(root / "s"), log=lines.append)
+    assert sum("[reuse]" in line for line in lines) == 6
+    assert not any(line.startswith("Training ") for line in lines)
+    assert os.path.getmtime(root / "s" / "dml" / "seed_1" / "results.json") == before
+    assert again["arms"] == report["arms"]
+    with pytest.raises(cfg.ConfigError, match="--epochs: 2 in the run, 3 now"):
+        study.run_study(_base(epochs=3), arms, [0, 1], str(root / "s"), log=lines.append)
+
+
+def test_verdict_sentences():
+    pair = {"arm": "dml", "baseline": "independent",
+            "member_mean": {"n": 3, "mean": 0.01, "interval": [0.002, 0.018], "resolved": True},
+            "ensemble": {"n": 3, "mean": 0.01, "interval": [-0.01, 0.03], "resolved": False}}
+    assert study_report.verdict(pair, "member_mean").endswith("resolved, dml is higher.")
+    assert "NOT resolved" in study_report.verdict(pair, "ensemble")
+    pair["ensemble"] = {"n": 1, "mean": 0.02, "interval": None, "resolved": False}
+    assert "two seeds or more" in study_report.verdict(pair, "ensemble")
