@@ -137,7 +137,8 @@ class TrainConfig:
     ema_batch_norm: bool = setting(True, "With --ema_decay, average the batch-norm moving statistics "
                                    "too, as the original code (all model variables); False: the "
                                    "trainable weights only, as Keras.")
-    image_size: Optional[Sequence[int]] = setting(None, "H,W network input (Market-1501, ImageNet).",
+    image_size: Optional[Sequence[int]] = setting(None, "H,W network input (Market-1501, ImageNet; "
+                                                  "folder: every image resized to it).",
                                                   range=POSITIVE)
     pretrained: Optional[str] = setting(None, "'imagenet' or a weights file for the members.")
     bn_momentum: Optional[float] = setting(None, "Batch-norm momentum (= TF-slim decay) of every "
@@ -146,6 +147,13 @@ class TrainConfig:
     train_per_class: Optional[int] = setting(
         None, "Train on this many images of each class only: a stratified subset drawn by "
         "--seed (CIFAR, digits, folder); default all.", range=POSITIVE)
+    validation_split: Optional[float] = setting(
+        None, "--dataset=folder without train/ and test/: the share of each class held out "
+        "for testing (dataset default 0.2; split by a fixed seed).", range=Range(0, 1, "()"))
+    augment: str = setting("auto", "--dataset=folder training augmentation: pad_crop (reflect-pad, "
+                           "random crop, flip), resized_crop (random resized crop, flip), none; auto: "
+                           "pad_crop up to 64 pixels, resized_crop above.",
+                           choices=("auto", "pad_crop", "resized_crop", "none"))
     labeled_fraction: float = setting(1.0, "Fraction of training images labeled (CIFAR).", range=FRACTION)
     labeled_ids: Optional[int] = setting(None, "Labeled identities (Market-1501).", range=POSITIVE)
     semi: str = setting("all", "all: mimicry on all data (DML-all); labeled: labeled data only "

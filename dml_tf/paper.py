@@ -44,6 +44,12 @@ DATASET_DEFAULTS["cifar100"] = dict(DATASET_DEFAULTS["cifar10"])
 DATASET_DEFAULTS["digits"] = dict(DATASET_DEFAULTS["cifar10"], epochs=8, lr_decay_epochs=(6,),
                                   learning_rate=0.01, warmup_epochs=0.0)
 
+# Not the paper's: your own image folder (dml_tf/data/folder.py), the CIFAR recipe over 30
+# epochs in the paper's schedule shape (x0.1 at 30%, 60% and 90% of the epochs), a fifth of
+# each class held out for testing when the folder has no train/ and test/.
+DATASET_DEFAULTS["folder"] = dict(DATASET_DEFAULTS["cifar10"], epochs=30, lr_decay_epochs=(9, 18, 27),
+                                  validation_split=0.2)
+
 # ------------------------------------------------------------------- reported numbers
 SOURCE = ("Zhang, Xiang, Hospedales, Lu: Deep Mutual Learning, CVPR 2018: Table 2 (CIFAR top-1), "
           "Table 3 (Market-1501), Table 4 (distillation), Table 5 (Market-1501 variants)")

@@ -69,9 +69,14 @@ def save_members(model_dir, members):
         os.replace(tmp, os.path.join(model_dir, member_file(k)))
 
 
+def _floats(values):
+    return None if values is None else [float(v) for v in values]
+
+
 def make_results(config, bundle, members, history, epochs_run, test, wall_time, training_fit=()):
     """results.json's dict: ``config`` (a resolved TrainConfig), the data ``bundle``'s
-    sizes and class names, the ``members`` (Keras models, saved by :func:`save_members`),
+    sizes and class names, its ``preprocessing`` (input shape; per-channel mean and std
+    of the standardisation, None where the loader has its own), the ``members`` (Keras models, saved by :func:`save_members`),
     every epoch's ``history`` (None where an epoch has no value: validation skipped by
     ``validation_freq``) and the epochs validated, ``test`` (the cohort's test metrics),
     ``wall_time`` (s) and ``training_fit`` (per member, fit to the unaugmented training
@@ -81,6 +86,8 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time, 
         "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
                     "train_size": bundle.train_size, "test_size": bundle.test_size,
                     "class_names": bundle.extras.get("class_names")},
+        "preprocessing": {"input_shape": list(bundle.input_shape),
+                          "mean": _floats(bundle.extras.get("mean")), "std": _floats(bundle.extras.get("std"))},
         "validation_epochs": validation_epochs(history),
         "training_fit": list(training_fit),
         "members": [{"index": k, "net": config.nets[k], "name": member.name, "file": member_file(k),

@@ -4,6 +4,7 @@
 
 import math
 import os
+import re
 import shutil
 import time
 
@@ -67,7 +68,8 @@ def checked_state(config, log=print):
 
 def data_options(config):
     """The data loader's arguments that a run's settings imply: ``seed``, and ``data_dir``,
-    ``train_per_class``, ``labeled_fraction``, ``labeled_ids``, ``image_size`` where set. ``config``: a
+    ``train_per_class``, ``labeled_fraction``, ``labeled_ids``, ``image_size``,
+    ``validation_split`` and ``augment`` where set. ``config``: a
     TrainConfig, or the ``"config"`` dict of a run's results.json."""
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
     options = {"seed": get("seed") or 0}
@@ -81,6 +83,10 @@ def data_options(config):
         options["labeled_ids"] = get("labeled_ids")
     if get("image_size") is not None:
         options["image_size"] = tuple(get("image_size"))
+    if get("validation_split") is not None:
+        options["validation_split"] = get("validation_split")
+    if get("augment") not in (None, "auto"):
+        options["augment"] = get("augment")
     return options
 
 
@@ -117,7 +123,8 @@ def build_members(config, bundle):
         members.append(dml_nets.build(
             net, num_classes=bundle.num_classes, input_shape=bundle.input_shape,
             weight_decay=config.weight_decay, seed=config.seed * 1000 + k,
-            name=f"{net}_{k}", pretrained=config.pretrained, **net_options))
+            name=f"{re.sub(r'[^A-Za-z0-9_.]', '_', net)}_{k}", pretrained=config.pretrained,
+            **net_options))
     return members
 
 

@@ -33,7 +33,7 @@ def test_version_is_the_packages():
 
 def test_console_scripts_point_at_the_entry_points():
     scripts = pyproject()["project"]["scripts"]
-    assert sorted(scripts) == ["dml-compare", "dml-evaluate", "dml-study", "dml-train"]
+    assert sorted(scripts) == ["dml-compare", "dml-evaluate", "dml-predict", "dml-study", "dml-train"]
     for script, target in scripts.items():
         module, function = target.split(":")
         assert module == "dml_tf." + script.split("-")[1]

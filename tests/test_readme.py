@@ -53,3 +53,28 @@ def test_quick_start_and_test_commands():
         assert "--model_dir=runs/quickstart_dml" in f.read()
     test_command = re.findall(r"```bash\n(.*?)\n```", readme_section("Tests"), re.S)[0]
     assert test_command.split(" && ")[2:] == ['pip install -e ".[test]"', "python -m pytest -q tests"]
+
+
+def test_your_own_data_commands_run_on_a_folder_of_real_images(tmp_path):
+    """The "Your own data" command chain, as written, on real JPEG/PNG digit images in
+    my_images/; the training commands are shortened by flags appended to them."""
+    import helpers_images
+
+    helpers_images.write_digit_folder(str(tmp_path / "my_images"), per_class=8)
+    chain = re.findall(r"```bash\n(.*?)\n```", readme_section("Your own data"), re.S)[0]
+    shorter = ["--nets=tiny_cnn,tiny_cnn", "--epochs=1", "--steps_per_epoch=2", "--batch_size=8"]
+    outputs = []
+    for command in chain.split(" && "):
+        args = command.split()
+        assert args[:2] == ["python", "-m"]
+        if args[2] == "dml_tf.train":
+            args += shorter
+        proc = subprocess.run([sys.executable] + args[1:], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
+        outputs.append(proc.stdout)
+    assert (tmp_path / "runs" / "compare.json").exists()
+    predicted = [line for line in outputs[3].splitlines() if line.startswith("my_images/")]
+    assert len(predicted) == 80 and all(len(line.split(", ")) == 3 for line in predicted)
+    exported = keras.models.load_model(tmp_path / "runs" / "mine_dml" / "classifier.keras")
+    assert exported.output_shape == (None, 10)

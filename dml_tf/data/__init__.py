@@ -16,6 +16,7 @@ _LOADERS = {
     "cifar100": ("dml_tf.data.cifar", "load", {"name": "cifar100"}),
     "imagenet2012": ("dml_tf.data.imagenet", "load", {}),
     "market1501": ("dml_tf.data.market1501", "load", {}),
+    "folder": ("dml_tf.data.folder", "load", {}),
 }
 
 

@@ -1,6 +1,6 @@
 """Name -> builder registry behind ``dml_tf.nets.build`` and ``dml_tf.nets.names``."""
 
-from dml_tf.nets import _common, pretrained as _pretrained
+from dml_tf.nets import _common, keras_apps, pretrained as _pretrained
 
 _BUILDERS = {}
 
@@ -38,7 +38,8 @@ def build(
     ``features``; the classifier is the Dense layer ``logits``.
 
     Args:
-      arch: a name from ``names()``.
+      arch: a name from ``names()``, or ``keras:NAME`` for ``keras.applications.NAME``
+        (:mod:`dml_tf.nets.keras_apps`).
       num_classes: number of logits (>= 1).
       input_shape: (height, width, channels).
       weight_decay: SGD weight-decay coefficient as in the paper / WRN (5e-4 on CIFAR) and
@@ -53,8 +54,15 @@ def build(
       **kwargs: architecture options (e.g. ``small_input``, ``dropout``; every network takes
         ``bn_momentum``, None for its own default).
     """
+    if keras_apps.is_application(arch):
+        if pretrained not in (None, "imagenet"):
+            pretrained = _pretrained.check_path(pretrained)
+        return keras_apps.build(arch, num_classes=num_classes, input_shape=input_shape,
+                                weight_decay=weight_decay, seed=seed, name=name, pretrained=pretrained,
+                                **kwargs)
     if not isinstance(arch, str) or arch not in _BUILDERS:
-        raise ValueError(f"unknown network {arch!r}; known networks: {', '.join(names())}")
+        raise ValueError(f"unknown network {arch!r}; known networks: {', '.join(names())}, or "
+                         f"keras:NAME for a Keras application (keras:MobileNetV2, keras:ResNet50, ...)")
     builder, imagenet = _BUILDERS[arch]
     weights_path = None
     if pretrained is not None:

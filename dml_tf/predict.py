@@ -1,0 +1,178 @@
+r"""Classifies images with a trained run, or exports it as one Keras model.
+
+    python -m dml_tf.predict --model_dir=runs/mine_dml photo.jpg more_photos/
+    python -m dml_tf.predict --model_dir=runs/mine_dml --members --top_k=3 --output=preds.csv photos/
+    python -m dml_tf.predict --model_dir=runs/mine_dml --export=classifier.keras
+
+For every image (files, or folders searched recursively for .jpg, .jpeg, .png, .bmp,
+.gif), prints the ``--top_k`` classes, by name, with their probabilities under the
+ensemble (the mean of the members' probabilities), and under every member with
+``--members``. ``--output`` writes them as CSV (one row per image, source and rank) or
+JSON, by its extension. Images are read as training read them (decoded, made RGB,
+resized to the members' input size) and standardised as in training.
+
+``--export=FILE.keras`` writes one self-contained Keras model of the ensemble (or of
+member ``--export_member``) that takes raw images of any size, 0-255
+(:mod:`dml_tf.export`): ``keras.models.load_model(FILE).predict(images)`` works without
+dml_tf.
+"""
+
+import csv
+import io
+import os
+
+from absl import app, flags
+
+from dml_tf import cli_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    cli_flags.define("string", "model_dir", None, "A finished run's folder (results.json, member_K.keras).")
+    cli_flags.define("integer", "top_k", 5, "Classes shown per image.")
+    cli_flags.define("bool", "members", False, "Also show every member's top classes.")
+    cli_flags.define("string", "output", None, "Write the predictions to this .csv or .json file.")
+    cli_flags.define("string", "export", None, "Write the run as one Keras model (.keras) taking raw images.")
+    cli_flags.define("integer", "export_member", None, "With --export: that member instead of the ensemble.")
+    cli_flags.define("integer", "batch_size", 64, "Images per prediction batch.")
+
+
+def image_files(paths):
+    """The image files named by ``paths`` (files as given; folders searched recursively, in
+    sorted order); ValueError naming a path that does not exist or holds no image."""
+    from dml_tf.data.folder import FORMATS
+
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(root, f) for root, _, names in os.walk(path)
+                           for f in names if f.lower().endswith(FORMATS))
+            if not found:
+                raise ValueError(f"{path} holds no image ({', '.join(FORMATS)}).")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise ValueError(f"{path} does not exist.")
+    return files
+
+
+def top_classes(probs, class_names, k):
+    """``[{"class", "index", "probability"}]`` of the ``k`` most probable classes."""
+    order = probs.argsort()[::-1][:k]
+    return [{"class": class_names[i], "index": int(i), "probability": float(probs[i])} for i in order]
+
+
+def predict(model_dir, paths, top_k=5, batch_size=64):
+    """Per image: ``{"image", "ensemble": top classes, "members": [top classes per member]}``."""
+    import numpy as np
+
+    from dml_tf import export, run_dir
+    from dml_tf.data.folder import read_images
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1; got {top_k}.")
+    results = run_dir.read_results(model_dir)
+    shape = export.preprocessing(results)[0]
+    classes = (results.get("dataset") or {}).get("class_names") or \
+        [str(i) for i in range(results["dataset"]["num_classes"])]
+    files = image_files(paths)
+    model = export.classifier(model_dir, all_outputs=True)
+    images = read_images(files, image_size=shape[:2])
+    outputs = [np.asarray(o) for o in model.predict(images, batch_size=batch_size, verbose=0)]
+    k = min(top_k, len(classes))
+    return [{"image": path,
+             "ensemble": top_classes(outputs[0][i], classes, k),
+             "members": [top_classes(o[i], classes, k) for o in outputs[1:]]}
+            for i, path in enumerate(files)]
+
+
+def _rows(predictions, members):
+    for p in predictions:
+        sources = [("ensemble", p["ensemble"])]
+        if members:
+            sources += [(f"member_{k}", top) for k, top in enumerate(p["members"])]
+        for source, top in sources:
+            for rank, entry in enumerate(top, 1):
+                yield {"image": p["image"], "source": source, "rank": rank, "class": entry["class"],
+                       "probability": f"{entry['probability']:.6f}"}
+
+
+def write_predictions(path, predictions, members):
+    """``path`` (.csv or .json), atomically."""
+    from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
+
+    if path.endswith(".json"):
+        atomic_write_json(path, [p if members else {k: v for k, v in p.items() if k != "members"}
+                                 for p in predictions])
+    elif path.endswith(".csv"):
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ["image", "source", "rank", "class", "probability"])
+        writer.writeheader()
+        writer.writerows(_rows(predictions, members))
+        atomic_write_bytes(path, buffer.getvalue().encode())
+    else:
+        raise ValueError(f"--output must end in .csv or .json; got {path}.")
+
+
+def format_predictions(predictions, members):
+    lines = []
+    for p in predictions:
+        lines.append(f"{p['image']}: " + ", ".join(f"{e['class']} {e['probability']:.3f}" for e in p["ensemble"]))
+        if members:
+            lines += [f"  member {k}: " + ", ".join(f"{e['class']} {e['probability']:.3f}" for e in top)
+                      for k, top in enumerate(p["members"])]
+    return "\n".join(lines)
+
+
+def export_model(model_dir, path, member=None):
+    """Writes :func:`dml_tf.export.classifier` to ``path`` (.keras) atomically."""
+    from dml_tf import export
+
+    if not path.endswith(".keras"):
+        raise ValueError(f"--export must end in .keras; got {path}.")
+    model = export.classifier(model_dir, member=member)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".tmp_{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return model
+
+
+def main(argv):
+    from dml_tf.errors import DMLError
+
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required: the folder of a finished run.")
+    if len(argv) < 2 and not FLAGS.export:
+        raise app.UsageError("Name images or folders to classify, or pass --export=FILE.keras.")
+    if FLAGS.export_member is not None and not FLAGS.export:
+        raise app.UsageError("--export_member needs --export=FILE.keras.")
+    if FLAGS.output and not FLAGS.output.endswith((".csv", ".json")):
+        raise app.UsageError(f"--output must end in .csv or .json; got {FLAGS.output}.")
+    try:
+        if FLAGS.export:
+            export_model(FLAGS.model_dir, FLAGS.export, FLAGS.export_member)
+            which = "the ensemble" if FLAGS.export_member is None else f"member {FLAGS.export_member}"
+            print(f"Wrote {FLAGS.export}: {which}, raw images (any size, 0-255) in, class probabilities out.")
+        if len(argv) > 1:
+            predictions = predict(FLAGS.model_dir, argv[1:], FLAGS.top_k, FLAGS.batch_size)
+            print(format_predictions(predictions, FLAGS.members))
+            if FLAGS.output:
+                write_predictions(FLAGS.output, predictions, FLAGS.members)
+                print(f"Wrote {FLAGS.output}")
+    except (DMLError, ValueError, OSError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run():
+    from dml_tf import cli
+
+    define_flags()
+    cli.run(main, doc=__doc__)
+
+
+if __name__ == "__main__":
+    run()
