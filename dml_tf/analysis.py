@@ -190,22 +190,26 @@ def noisy_losses(model, dataset, sigmas, draws=3, seed=0, log=None):
 
 # --------------------------------------------------------------------------- runs and data
 
-CLASSIFICATION_DATASETS = ("digits", "cifar10", "cifar100")
+CLASSIFICATION_DATASETS = ("digits", "cifar10", "cifar100", "folder")
+# The data options of a classification run that change its images (runner.data_options).
+CLASSIFICATION_OPTIONS = ("train_per_class", "seed", "image_size", "validation_split")
 MARKET = "market1501"
 DATASETS = CLASSIFICATION_DATASETS + (MARKET,)  # what unaugmented_dataset serves
 SPLITS = ("train", "test")
 
 
 def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, limit=None, identities=None,
-                        **market_options):
+                        **options):
     """``split`` of a data set in stored order, WITHOUT augmentation.
 
     Classification sets: images standardised with the training images' per-channel
     mean/std, exactly as the training and test pipelines of ``dml_tf.data`` do; all
-    labels are the true ones (a semi-supervised run's unlabeled images included).
+    labels are the true ones (a semi-supervised run's unlabeled images included);
+    ``options`` are the run's ``CLASSIFICATION_OPTIONS`` (a ``train_per_class`` subset
+    drawn by ``seed``; the folder's ``image_size`` and ``validation_split``).
     ``market1501``: :func:`dml_tf.data.market1501.unaugmented_split` (train: the run's
     class labels; test: the gallery's real identities, labeled by person id), which
-    takes ``market_options`` (image_size, labeled_ids, source, ...). ``identities``
+    takes ``options`` (image_size, labeled_ids, source, ...). ``identities``
     and ``limit`` select images (:func:`dml_tf.data.pipeline.select_images`).
     Returns ``(tf.data.Dataset, number of images)``.
     """
@@ -220,17 +224,27 @@ def unaugmented_dataset(dataset, split="train", data_dir=None, batch_size=64, li
         from dml_tf.data import market1501
 
         return market1501.unaugmented_split(split, data_dir=data_dir, batch_size=batch_size, limit=limit,
-                                            identities=identities, **market_options)
-    if market_options:
-        raise ValueError(f"{sorted(market_options)} only apply to {MARKET}.")
+                                            identities=identities, **options)
+    unknown = sorted(set(options) - set(CLASSIFICATION_OPTIONS))
+    if unknown:
+        raise ValueError(f"{unknown} do not apply to {dataset}.")
     if dataset == "digits":
         from dml_tf.data import digits
 
         arrays = digits.load_arrays()
+    elif dataset == "folder":
+        from dml_tf.data import folder
+
+        arrays = folder.load_arrays(data_dir, options.get("image_size"), options.get("validation_split", 0.2))
     else:
         from dml_tf.data import cifar
 
         arrays = cifar.load_arrays(dataset, data_dir)
+    if options.get("train_per_class"):
+        subset = pipeline.select_per_class(arrays["train_labels"], options["train_per_class"],
+                                           options.get("seed", 0))
+        arrays = dict(arrays, train_images=arrays["train_images"][subset],
+                      train_labels=np.asarray(arrays["train_labels"])[subset])
     mean, std = pipeline.channel_stats(arrays["train_images"])
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     keep = select_images(labels, identities, limit or None)

@@ -125,10 +125,10 @@ def run_data(config, split, batch_size=None, data_dir=None, limit=None, identiti
         raise app.UsageError(
             f"Dataset {dataset!r} of the run is not supported here; expected one of "
             f"{', '.join(analysis.DATASETS)}.")
-    options = {}
-    if dataset == analysis.MARKET:  # labeled as the run's training data: the runner's options
-        options = runner.data_options(config)
-        options.pop("data_dir", None)
+    options = runner.data_options(config)  # labeled and subset as the run's training data
+    options.pop("data_dir", None)
+    if dataset != analysis.MARKET:
+        options = {k: v for k, v in options.items() if k in analysis.CLASSIFICATION_OPTIONS}
     data_dir = data_dir or config.get("data_dir")
     try:
         return analysis.unaugmented_dataset(dataset, split=split, data_dir=data_dir,
