@@ -14,6 +14,7 @@ import math
 from typing import Optional, Sequence
 
 from dml_tf import nets as dml_nets
+from dml_tf.nets import keras_apps
 from dml_tf.cohort import MEMBER_BATCHES, UPDATES
 from dml_tf.losses import MIMICRY_MODES, PEER_REDUCTIONS
 from dml_tf.paper import DATASET_DEFAULTS
@@ -72,7 +73,8 @@ class TrainConfig:
     dataset: str = setting("digits", "One of " + ", ".join(sorted(DATASET_DEFAULTS)) +
                            "; digits is embedded (scikit-learn's, no download).")
     nets: Sequence[str] = setting(("resnet32", "resnet32"), "Comma list of networks, each one of "
-                                  + ", ".join(dml_nets.names()) + "; K = its length.")
+                                  + ", ".join(dml_nets.names()) + ", or keras:NAME (a Keras "
+                                  "application, e.g. keras:MobileNetV2); K = its length.")
     model_dir: str = setting("runs/default", "Output folder (checkpoints, logs, results).", run_only=True)
     data_dir: Optional[str] = setting(None, "Local copy of the dataset (archives or folders).",
                                       run_only=True)
@@ -203,6 +205,15 @@ class TrainConfig:
                 raise ConfigError(message)
 
         need(len(self.nets) >= 1 and all(self.nets), "--nets must name at least one network.")
+        for net in self.nets:
+            if keras_apps.is_application(net):
+                try:
+                    keras_apps.check(net)
+                except ValueError as e:
+                    raise ConfigError(f"--nets: {e}.") from None
+            else:
+                need(net in dml_nets.names(), f"--nets: unknown network {net!r}; expected one of "
+                     f"{', '.join(dml_nets.names())}, or keras:NAME (a Keras application).")
         for name, value in dataclasses.asdict(self).items():
             check_setting(name, value)
         need(self.member_batches == "shared" or self.mode != "distill",
