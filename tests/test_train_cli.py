@@ -313,3 +313,22 @@ def test_separate_member_batches_feed_each_member_its_own_batch(cifar_dir, tmp_p
     with pytest.raises(cfg.ConfigError, match="--member_batches=separate cannot be used with --mode=distill"):
         tiny_config(tmp_path / "d", cifar_dir, mode="distill", teacher=("t.keras",),
                     member_batches="separate").resolved()
+
+
+def test_mimicry_ramp_resumes_where_it_stopped(cifar_dir, tmp_path):
+    """The ramp reads the cohort's iteration count, which the checkpoint restores: an
+    interrupted ramped run continues exactly as the uninterrupted one."""
+    common = dict(epochs=3, mimicry_warmup_epochs=2.0, learning_rate=0.05)
+    reference = runner.run(tiny_config(tmp_path / "ref", cifar_dir, **common), log=lambda s: None)
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    config = tiny_config(tmp_path / "resumed", cifar_dir, **common)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config, log=lambda s: None, callbacks=[Stop()])
+    resumed = runner.run(config, log=lambda s: None)
+    for key in ("loss_0", "mimicry_1", "val_loss_1"):
+        np.testing.assert_allclose(resumed["history"][key], reference["history"][key], rtol=1e-5, err_msg=key)
+    assert reference["history"]["mimicry_0"][0] > 0  # the mimicry term is logged unweighted
