@@ -88,7 +88,8 @@ def commands(tmp_path_factory):
 
 @pytest.mark.parametrize("key,program,message", [
     ("bad_net", "python -m dml_tf.train",
-     "unknown network 'resnet33'; known networks: " + ", ".join(dml_nets.names())),
+     "--nets: unknown network 'resnet33'; expected one of " + ", ".join(dml_nets.names())
+     + ", or keras:NAME (a Keras application)."),
     ("bad_enum", "python -m dml_tf.train", "--mode must be one of dml, independent, distill; got 'mutual'."),
     ("evaluate_no_run", "python -m dml_tf.evaluate", "does not exist"),
     ("compare_no_run", "python -m dml_tf.compare", "does not exist"),

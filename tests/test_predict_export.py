@@ -14,6 +14,7 @@ import pytest
 from dml_tf import config as cfg
 from dml_tf import export, nets, predict, runner
 from dml_tf.data import folder
+from dml_tf.errors import DataError
 from dml_tf.nets.pretrained import PretrainedWeightsError
 import helpers_images
 from paths import ROOT
@@ -103,11 +104,15 @@ def test_predict_command_line_errors(folder_run, tmp_path):
         return subprocess.run([sys.executable, "-m", "dml_tf.predict", *args], cwd=ROOT,
                               capture_output=True, text=True)
 
+    (tmp_path / "bad.png").write_text("no")
     out = cli(f"--model_dir={root / 'run'}", str(tmp_path / "missing.jpg"))
     assert out.returncode == 1 and "missing.jpg does not exist" in out.stderr
-    (tmp_path / "bad.png").write_text("no")
-    out = cli(f"--model_dir={root / 'run'}", str(tmp_path / "bad.png"))
-    assert out.returncode == 1 and "bad.png is not a readable image" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 2  # the error and the pointer to --help
+    with pytest.raises(DataError, match="bad.png is not a readable image"):
+        predict.predict(str(root / "run"), [str(tmp_path / "bad.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no image"):
+        predict.predict(str(root / "run"), [str(tmp_path / "empty")])
 
 
 def test_keras_application_names_and_sizes_are_checked():

@@ -126,17 +126,19 @@ def test_diverging_run_writes_no_results(tmp_path):
 @pytest.mark.skipif(not os.path.exists(os.path.join(CIFAR10_SAMPLE, "cifar-10-python.tar.gz")),
                     reason="the real CIFAR-10 sample (../shared/data/cifar10-sample) is not here")
 def test_default_recipe_dml_leaves_chance_on_real_cifar10(tmp_path):
-    """The paper's command (resnet32 + resnet32 DML, CIFAR defaults) on real images, 210 steps:
-    without the warm-up both members stayed at 0.10 (README, "Training stability")."""
+    """The paper's command (resnet32 + resnet32 DML, CIFAR defaults) on real images, 105 steps
+    (70 of warm-up, 35 at LR 0.1): without the warm-up both members stayed at 0.10 (README,
+    "Training stability"). 0.15 is 5 standard errors above chance on the 1,000 test images."""
     lines = []
     config = cfg.TrainConfig(dataset="cifar10", data_dir=CIFAR10_SAMPLE, nets=("resnet32", "resnet32"),
-                             model_dir=str(tmp_path / "dml"), epochs=3, steps_per_epoch=70, verbose=0)
+                             model_dir=str(tmp_path / "dml"), epochs=3, steps_per_epoch=35, verbose=0,
+                             validation_freq=3)
     results = runner.run(config, log=lines.append)
     assert results["config"]["warmup_epochs"] > 0 and results["config"]["learning_rate"] == 0.1
     history = results["history"]
     for k in range(2):
-        assert history[f"accuracy_{k}"][-1] >= 0.2, history
-        assert results["test"][f"accuracy_{k}"] >= 0.2, results["test"]
+        assert history[f"accuracy_{k}"][-1] >= 0.15, history
+        assert results["test"][f"accuracy_{k}"] >= 0.15, results["test"]
         assert all(math.isfinite(v) for v in history[f"loss_{k}"])
     assert not any("still at chance" in line for line in lines)
-    assert json.loads((tmp_path / "dml" / "results.json").read_text())["members"][1]["test_accuracy"] >= 0.2
+    assert json.loads((tmp_path / "dml" / "results.json").read_text())["members"][1]["test_accuracy"] >= 0.15
