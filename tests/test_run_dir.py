@@ -66,12 +66,13 @@ def test_read_run_names_a_missing_member_file(tmp_path):
 
 def test_results_schema_and_member_accuracy(tmp_path):
     config = TrainConfig(dataset="digits", nets=("tiny_cnn", "tiny_cnn"), model_dir=str(tmp_path))
-    bundle = SimpleNamespace(name="digits", num_classes=10, train_size=100, test_size=20)
+    bundle = SimpleNamespace(name="digits", num_classes=10, train_size=100, test_size=20, extras={})
     members = [SimpleNamespace(name=f"m{k}", trainable=k == 1) for k in range(2)]
     test = {"accuracy_0": 0.5, "accuracy_1": 0.75, "ensemble_accuracy": 0.8}
     results = run_dir.make_results(config, bundle, members, {"loss": [1.0]}, 1, test, 2.5)
-    assert list(results) == ["config", "dataset", "members", "history", "epochs_run_this_session", "test",
-                             "ensemble_test_accuracy", "wall_time_s"]
+    assert list(results) == ["config", "dataset", "validation_epochs", "training_fit", "members", "history",
+                             "epochs_run_this_session", "test", "ensemble_test_accuracy", "wall_time_s",
+                             "optimizer_changes"]
     assert results["members"][0] == {"index": 0, "net": "tiny_cnn", "name": "m0", "file": "member_0.keras",
                                      "trainable": False, "test_accuracy": 0.5}
     assert results["ensemble_test_accuracy"] == 0.8 and results["config"]["model_dir"] == str(tmp_path)
