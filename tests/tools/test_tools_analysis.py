@@ -27,7 +27,7 @@ def write_fake_run(run_dir, mode, seeds, mimicry="kl"):
                for k, seed in enumerate(seeds)]
     config = TrainConfig(dataset="digits", batch_size=16, mode=mode, mimicry=mimicry,
                          nets=("tiny_cnn",) * len(seeds), model_dir=run_dir)
-    bundle = SimpleNamespace(name="digits", num_classes=10, train_size=None, test_size=None)
+    bundle = SimpleNamespace(name="digits", num_classes=10, train_size=None, test_size=None, extras={})
     history = {f"ce_{k}": [2.3, 2.0] for k in range(len(seeds))}
     run_folder.save_members(run_dir, members)
     run_folder.write_results(run_dir, run_folder.make_results(
