@@ -280,10 +280,15 @@ class MutualLearningModel(keras.Model):
         cohort_optimizer = CohortOptimizer(
             self._member_optimizers, self._member_index_of,
             statistics=self._moving_statistics if ema_batch_norm else None)
+        kwargs.pop("auto_scale_loss", None)
         super().compile(
             optimizer=cohort_optimizer,
             jit_compile=jit_compile,
             steps_per_execution=steps_per_execution,
+            # The members' own loss scalers do float16 loss scaling; Keras' automatic
+            # wrapper (under a global mixed_float16 policy) would hide the
+            # CohortOptimizer from the step.
+            auto_scale_loss=False,
             **kwargs,
         )
         self._dml_compile_config = {
@@ -324,6 +329,13 @@ class MutualLearningModel(keras.Model):
             if scaler is not None and not scaler.built:
                 with tf.init_scope(), self._on(k):
                     scaler.build(self.members[k].trainable_variables)
+
+    def build_training_state(self):
+        """Creates every optimizer variable a step uses (the cohort's, each member's on its
+        device, the float16 loss scalers'), as the first step would: what a restore
+        (``load_weights``) needs to find them all."""
+        with tf.init_scope(), self.distribute_strategy.scope():
+            self._build_optimizer()
 
     def _build_optimizer_once(self):
         """Builds the optimizer at trace time of the first step, once the members exist."""

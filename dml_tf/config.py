@@ -170,7 +170,14 @@ class TrainConfig:
         1, "Evaluate on the test split every this many epochs (Keras fit's validation_freq; "
         "the final evaluation always runs).", range=POSITIVE, run_only=True)
     overwrite: bool = setting(False, "Start afresh in --model_dir: replace a finished run and "
-                              "discard the checkpoint of an interrupted one.", run_only=True)
+                              "discard the checkpoint of an interrupted one (every file a run "
+                              "writes there is removed; other files are kept).", run_only=True)
+    new_optimizer_settings: bool = setting(
+        False, "Resume the checkpoint in --model_dir although its optimizer settings (learning "
+        "rate, schedule, warm-up, momentum, betas, epsilons) differ from this command's, e.g. "
+        "after a divergence, from the last finite epoch with a lower --learning_rate; the "
+        "optimizer's state (steps, slots) is kept, every other setting must match, and "
+        "results.json records the change (optimizer_changes).", run_only=True)
     verbose: Optional[int] = setting(None, "Default: a table per epoch, a row per member (and a step "
                                      "counter on a terminal); 0: silent; 1 / 2: Keras' progress "
                                      "bar / line of every metric.", run_only=True)
@@ -256,6 +263,11 @@ GENERIC_DEFAULTS = {name: f.metadata["fallback"] for name, f in FIELDS.items()
                     if f.metadata["fallback"] is not None}
 # Every other field (new ones included) must match the checkpoint's on resume.
 RUN_ONLY_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["run_only"])
+# What --new_optimizer_settings lets a resume change: the update rule's numbers, not its
+# state's layout (--optimizer and --ema_decay change which slots exist).
+OPTIMIZER_SETTINGS = ("learning_rate", "lr_schedule", "lr_decay_epochs", "lr_decay_rate",
+                      "lr_decay_every", "warmup_epochs", "momentum", "nesterov", "beta1", "beta2",
+                      "adam_epsilon", "rmsprop_decay", "rmsprop_momentum", "rmsprop_epsilon")
 
 
 def check_setting(name, value):

@@ -36,3 +36,7 @@ class RunFileError(DMLError, ValueError):
 
 class OutputError(DMLError, ValueError):
     """An output folder cannot be created or written."""
+
+
+class RunFolderBusyError(DMLError, RuntimeError):
+    """A run folder is held by another run (its lock file is locked)."""

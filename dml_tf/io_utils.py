@@ -97,6 +97,17 @@ def read_json(path, remedy):
     return value
 
 
+def os_reason(error):
+    """Why an ``OSError`` happened, in a few words on one line: its ``strerror`` (h5py's
+    errors carry the system's message inside their text)."""
+    import re
+
+    found = re.search(r"error message = '([^']+)'", str(error))
+    if found:
+        return found.group(1)
+    return " ".join(str(error.strerror or error).split())
+
+
 def make_writable_dir(path, label):
     """Creates folder ``path`` if needed and checks that files can be written in it;
     ``OutputError`` naming ``label=path`` otherwise. Returns the absolute path."""

@@ -13,18 +13,26 @@
   results.json   written last and atomically: config, per-epoch history (and the
                  epochs validated), final test accuracy per member and of the
                  ensemble, fit to the training images, class names, wall time.
-  eval.json      Market-1501 retrieval scores, written by ``python -m dml_tf.evaluate``.
+  eval.json      Market-1501 retrieval scores, written by ``python -m dml_tf.evaluate``
+                 (with features_memberK.npz and cmc.png).
+  .lock          held (``fcntl.flock``) by the run training in the folder, with its
+                 process id: a second run there stops at once (:func:`exclusive`).
 
 A run is finished when its results.json exists; a folder with only backup/ is an
-unfinished run, resumed by training it again.
+unfinished run, resumed by training it again. ``--overwrite`` removes every file of
+this list (:func:`remove_outputs`) and nothing else.
 """
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import re
 import shutil
+import socket
 
-from dml_tf.errors import RunFileError
+from dml_tf.errors import OutputError, RunFileError, RunFolderBusyError
 from dml_tf.io_utils import atomic_write_json, read_json
 
 RESULTS_FILE = "results.json"
@@ -32,8 +40,18 @@ EVAL_FILE = "eval.json"
 PREDICTIONS_FILE = "test_predictions.npz"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
+LOCK_FILE = ".lock"
 RETRAIN_HINT = "Train the run again: python -m dml_tf.train ... --model_dir={run_dir} --overwrite."
 _MEMBER_FILE = re.compile(r"member_(\d+)\.keras")
+# The files a run (dml_tf.train, then dml_tf.evaluate) writes at the top of its folder,
+# and the temporary files an interrupted atomic write of one leaves (io_utils, save_members).
+_OUTPUT_FILE = re.compile(
+    r"(results\.json|eval\.json|test_predictions\.npz|cmc\.png|member_\d+\.keras|"
+    r"features_member\d+\.npz)")
+_OUTPUT_TEMP = re.compile(r"(\.tmp_member_\d+\.keras|\.(" + _OUTPUT_FILE.pattern + r").*\.tmp)")
+_LOG_RUN = re.compile(r"(member_\d+|ensemble)")
+_LOG_SPLITS = ("train", "validation")
+_EVENTS = re.compile(r"events\.out\.tfevents\..*")
 
 
 def member_file(k):
@@ -58,6 +76,74 @@ def is_unfinished(model_dir):
     return not is_finished(model_dir) and os.path.isdir(backup_dir(model_dir))
 
 
+# ------------------------------------------------------------------------------- owning
+
+
+@contextlib.contextmanager
+def exclusive(model_dir):
+    """Holds ``model_dir`` for one run: an exclusive ``fcntl.flock`` on its ``.lock``
+    file, which names the holder (process id and host). A second holder gets a
+    ``RunFolderBusyError`` naming the folder and the process at once. The operating
+    system releases the lock when the process ends, however it ends, so a lock file left
+    by a killed run blocks nothing; the file itself stays (removing it would let two
+    runs lock two different files)."""
+    path = os.path.join(model_dir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise OutputError(f"--model_dir={model_dir}: its lock file {path} cannot be opened "
+                          f"({e.strerror}).") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"--model_dir={model_dir}: its lock file {path} cannot be "
+                                  f"locked ({e.strerror}).") from None
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            raise RunFolderBusyError(
+                f"--model_dir={model_dir} is in use by another run ({holder}, holding {path}): "
+                "wait for it to finish, or use another --model_dir.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)  # nobody holds it now
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_outputs(model_dir):
+    """Removes every output a run writes in ``model_dir`` (the module doc's list, any
+    K, and the temporary files of an interrupted write), and nothing else: other files,
+    and folders that still hold other files, stay. ``results.json`` goes last, so that
+    a kill in between leaves a folder that still says it holds a finished run."""
+    for name in sorted(os.listdir(model_dir)):
+        if name != RESULTS_FILE and (_OUTPUT_FILE.fullmatch(name) or _OUTPUT_TEMP.fullmatch(name)):
+            os.remove(os.path.join(model_dir, name))
+    logs = os.path.join(model_dir, LOGS_DIR)
+    if os.path.isdir(logs):
+        for run in filter(_LOG_RUN.fullmatch, os.listdir(logs)):
+            for split in _LOG_SPLITS:
+                folder = os.path.join(logs, run, split)
+                if os.path.isdir(folder):
+                    for name in filter(_EVENTS.fullmatch, os.listdir(folder)):
+                        os.remove(os.path.join(folder, name))
+                    _remove_if_empty(folder)
+            _remove_if_empty(os.path.join(logs, run))
+        _remove_if_empty(logs)
+    if os.path.isdir(backup_dir(model_dir)):
+        shutil.rmtree(backup_dir(model_dir))
+    if os.path.exists(results_path(model_dir)):
+        os.remove(results_path(model_dir))
+
+
+def _remove_if_empty(folder):
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
 # ------------------------------------------------------------------------------- writing
 
 
@@ -73,14 +159,18 @@ def _floats(values):
     return None if values is None else [float(v) for v in values]
 
 
-def make_results(config, bundle, members, history, epochs_run, test, wall_time, training_fit=()):
+def make_results(config, bundle, members, history, epochs_run, test, wall_time, training_fit=(),
+                 optimizer_changes=()):
     """results.json's dict: ``config`` (a resolved TrainConfig), the data ``bundle``'s
     sizes and class names, its ``preprocessing`` (input shape; per-channel mean and std
-    of the standardisation, None where the loader has its own), the ``members`` (Keras models, saved by :func:`save_members`),
+    of the standardisation, None where the loader has its own), the ``members`` (Keras
+    models, saved by :func:`save_members`),
     every epoch's ``history`` (None where an epoch has no value: validation skipped by
     ``validation_freq``) and the epochs validated, ``test`` (the cohort's test metrics),
     ``wall_time`` (s) and ``training_fit`` (per member, fit to the unaugmented training
-    images: accuracy, cross-entropy, mean posterior entropy; ``runner.training_fit``)."""
+    images: accuracy, cross-entropy, mean posterior entropy; ``runner.training_fit``) and the
+    ``optimizer_changes`` of resumes with ``--new_optimizer_settings`` (``[{"epoch", "changed":
+    {name: [old, new]}}]``: ``config`` holds the last settings)."""
     return {
         "config": dataclasses.asdict(config),
         "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
@@ -98,6 +188,7 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time, 
         "test": test,
         "ensemble_test_accuracy": test.get("ensemble_accuracy"),
         "wall_time_s": wall_time,
+        "optimizer_changes": list(optimizer_changes),
     }
 
 

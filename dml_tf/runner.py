@@ -5,7 +5,6 @@
 import math
 import os
 import re
-import shutil
 import time
 
 import keras
@@ -19,11 +18,11 @@ from dml_tf import reporting
 from dml_tf import run_dir
 from dml_tf.compare import save_test_predictions
 from dml_tf.cohort import MutualLearningModel
-from dml_tf.config import ConfigError, TrainConfig
+from dml_tf.config import OPTIMIZER_SETTINGS, ConfigError, TrainConfig
 from dml_tf.distribute import make_strategy
 from dml_tf.errors import OutputError
-from dml_tf.health import TrainingHealth
-from dml_tf.io_utils import make_writable_dir
+from dml_tf.health import TrainingHealth, batch_norm_momentum, majority_rate
+from dml_tf.io_utils import make_writable_dir, os_reason
 from dml_tf.run_dir import RESULTS_FILE, member_file  # noqa: F401  (public here before run_dir)
 from dml_tf.schedules import make_optimizer
 
@@ -32,38 +31,76 @@ def backup_dir_of(config):
     return run_dir.backup_dir(config.model_dir)
 
 
-def prepare_model_dir(config):
-    """Creates ``model_dir`` and checks that it is writable and holds no finished run;
-    ``overwrite`` starts afresh: a finished run and any checkpoint are discarded."""
-    model_dir = config.model_dir
+def writable_model_dir(config):
+    """Creates ``model_dir`` and checks that files can be written in it (ConfigError)."""
     try:
-        make_writable_dir(model_dir, "--model_dir")
+        make_writable_dir(config.model_dir, "--model_dir")
     except OutputError as e:
         raise ConfigError(str(e)) from None
-    finished = run_dir.results_path(model_dir)
-    if os.path.exists(finished) and not config.overwrite:
+
+
+def prepare_model_dir(config):
+    """Creates ``model_dir`` and checks that it is writable and holds no finished run;
+    ``overwrite`` starts afresh: every output of an earlier run (finished or not) is
+    removed (:func:`dml_tf.run_dir.remove_outputs`), other files are kept. Call it
+    holding the folder (:func:`dml_tf.run_dir.exclusive`)."""
+    model_dir = config.model_dir
+    writable_model_dir(config)
+    if run_dir.is_finished(model_dir) and not config.overwrite:
         raise ConfigError(
             f"--model_dir={model_dir} already holds a finished run ({RESULTS_FILE}); "
             "choose another --model_dir or pass --overwrite."
         )
     if config.overwrite:
-        shutil.rmtree(backup_dir_of(config), ignore_errors=True)  # first: no stale resume
-        if os.path.exists(finished):
-            os.remove(finished)
+        try:
+            run_dir.remove_outputs(model_dir)
+        except OSError as e:
+            raise ConfigError(f"--overwrite cannot remove the earlier run's {e.filename} "
+                              f"({e.strerror}).") from None
 
 
 def checked_state(config, log=print):
-    """The checkpoint of an interrupted run in ``model_dir`` (None if there is none),
-    after checking that it was trained with ``config``'s training settings."""
+    """``(state, changes)``: the checkpoint of an interrupted run in ``model_dir`` (None if
+    there is none), after checking that it was trained with ``config``'s training
+    settings, and the optimizer settings that ``--new_optimizer_settings`` changes
+    (``{name: [old, new]}``)."""
     backup_dir = backup_dir_of(config)
     state = checkpoint.read_state(backup_dir)
+    changes = {}
     if state is not None and "settings" not in state:
         log(f"The checkpoint in {backup_dir} was written by an earlier dml_tf: its training "
             "settings are not recorded, so they cannot be checked.")
     elif state is not None:
         defaults = TrainConfig(dataset=config.dataset).resolved().training_settings()
-        checkpoint.check_settings(state, config.training_settings(), defaults, backup_dir)
-    return state
+        ignore = OPTIMIZER_SETTINGS if config.new_optimizer_settings else ()
+        changes = {name: [old, new] for name, old, new in checkpoint.check_settings(
+            state, config.training_settings(), defaults, backup_dir, ignore)}
+        if changes:
+            log("Resuming with new optimizer settings (--new_optimizer_settings): " + "; ".join(
+                f"--{name}: {old} in the checkpoint, {new} now" for name, (old, new) in changes.items()))
+    return state, changes
+
+
+def data_record(bundle, train_count, steps_per_epoch):
+    """What a run trains on, as its checkpoint records it and a resume must match:
+    dataset, image counts, classes, steps per epoch and, where the loader gives the
+    label lists, their fingerprints (``checkpoint.label_fingerprint``)."""
+    record = {"dataset": bundle.name, "train_images": bundle.train_size,
+              "images_per_pass": train_count, "test_images": bundle.test_size,
+              "classes": bundle.num_classes, "steps_per_epoch": steps_per_epoch}
+    for split in ("train", "test"):
+        labels = bundle.extras.get(f"{split}_labels")
+        if labels is not None:
+            record[f"{split}_labels"] = checkpoint.label_fingerprint(labels)
+    return record
+
+
+def checked_data(config, state, data, log=print):
+    """Refuses (ConfigError naming each difference) a checkpoint trained on other data
+    than ``data`` (:func:`data_record`); says so when the checkpoint cannot tell."""
+    if state is not None and not checkpoint.check_data(state, data, backup_dir_of(config)):
+        log(f"The checkpoint in {backup_dir_of(config)} was written by an earlier dml_tf: the data "
+            "it was trained on is not recorded, so it cannot be checked.")
 
 
 def data_options(config):
@@ -184,10 +221,12 @@ def checked_strategy(config):
         raise ConfigError(f"--strategy={config.strategy} cannot start here: {e}") from None
 
 
-def training_backup(config, state, log=print):
-    """The run's TrainingBackup callback, from the checkpoint ``state`` (None: afresh)."""
+def training_backup(config, state, log=print, data=None, steps_per_epoch=None, changes=None):
+    """The run's TrainingBackup callback, from the checkpoint ``state`` (None: afresh),
+    recording the ``data`` record and checking the restored steps."""
     backup_dir = backup_dir_of(config)
-    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state)
+    backup = checkpoint.TrainingBackup(backup_dir, config.training_settings(), state, data=data,
+                                       steps_per_epoch=steps_per_epoch, optimizer_changes=changes)
     if backup.initial_epoch >= config.epochs:
         log(f"All {config.epochs} epochs are in the checkpoint in {backup_dir}: "
             "evaluating and saving it.")
@@ -229,11 +268,33 @@ def run(config, log=print, callbacks=()):
     ``callbacks`` are added after the run's own (TrainingBackup, TensorBoard, the per-member
     epoch table unless ``config.verbose`` is set, and TrainingHealth).
     A run interrupted at any instant resumes from its last finished epoch when
-    started again with the same training settings (``ConfigError`` otherwise).
+    started again with the same training settings and data (``ConfigError`` otherwise).
+    The run holds ``model_dir`` for its whole life (:func:`dml_tf.run_dir.exclusive`): a
+    second run there stops at once with ``RunFolderBusyError``.
     """
     config = config.resolved()
+    writable_model_dir(config)
+    with run_dir.exclusive(config.model_dir):
+        return _run_holding_the_folder(config, log, callbacks)
+
+
+def health_check(bundle, members, samples_per_epoch, steps_per_epoch, backup, log):
+    """The run's TrainingHealth: chance as the majority-class rate of the labels each
+    accuracy is measured on, each member's batch-norm momentum, and the divergence
+    advice that names the checkpoint kept."""
+    train_labels, test_labels = bundle.extras.get("train_labels"), bundle.extras.get("test_labels")
+    return TrainingHealth(
+        [m.name for m in members], bundle.num_classes, samples_per_epoch,
+        validation_samples=bundle.test_size, log=log,
+        train_chance=None if train_labels is None else majority_rate(train_labels),
+        validation_chance=None if test_labels is None else majority_rate(test_labels),
+        bn_momenta=[batch_norm_momentum(m) for m in members], steps_per_epoch=steps_per_epoch,
+        advice=lambda: checkpoint.divergence_advice(backup.committed_epoch, backup.backup_dir))
+
+
+def _run_holding_the_folder(config, log, callbacks):
     prepare_model_dir(config)
-    state = checked_state(config, log)
+    state, changes = checked_state(config, log)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
     strategy = checked_strategy(config)
@@ -241,11 +302,18 @@ def run(config, log=print, callbacks=()):
     train, train_count = training_batches(config, bundle)
     batches_per_pass = math.ceil(train_count / config.step_batch_size())
     steps_per_epoch = config.steps_per_epoch or batches_per_pass
+    data = data_record(bundle, train_count, steps_per_epoch)
+    checked_data(config, state, data, log)
     with strategy.scope():
         cohort = build_cohort(config, bundle, steps_per_epoch)
     members = cohort.members
+    if state is not None and "extra_state" not in state and checkpoint.extra_variables(cohort):
+        log(f"The checkpoint in {backup_dir_of(config)} was written by an earlier dml_tf: the random "
+            "state of the members' dropout is not recorded, so the resumed run draws other dropout "
+            "masks than an uninterrupted run would.")
 
-    backup = training_backup(config, state, log)
+    backup = training_backup(config, state, log, data=data, steps_per_epoch=steps_per_epoch,
+                             changes=changes)
     stream = epoch_stream(train, batches_per_pass, steps_per_epoch, backup.initial_epoch)
     labeled_per_epoch = (bundle.labeled_size or train_count) * steps_per_epoch / batches_per_pass
     callbacks = [
@@ -253,8 +321,7 @@ def run(config, log=print, callbacks=()):
         reporting.CohortTensorBoard(os.path.join(config.model_dir, run_dir.LOGS_DIR)),
         *([reporting.EpochTable(log=log)] if config.verbose is None else []),
         # After the table: an epoch's warnings follow the numbers they are about.
-        TrainingHealth([m.name for m in members], bundle.num_classes, labeled_per_epoch,
-                       validation_samples=bundle.test_size, log=log),
+        health_check(bundle, members, labeled_per_epoch, steps_per_epoch, backup, log),
         *callbacks,
     ]
     verbose = 0 if config.verbose is None else config.verbose
@@ -266,11 +333,18 @@ def run(config, log=print, callbacks=()):
                          shuffle=False)  # the pipeline shuffles, seeded
     wall_time = backup.train_time_s + time.time() - start  # + earlier sessions' epochs
 
-    test = evaluate_and_save(cohort, bundle, config.model_dir)
-    # backup.history: every epoch, earlier sessions' included
-    results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
-                                   test, wall_time, training_fit(members, bundle))
-    run_dir.write_results(config.model_dir, results)
+    try:
+        test = evaluate_and_save(cohort, bundle, config.model_dir)
+        # backup.history: every epoch, earlier sessions' included
+        results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
+                                       test, wall_time, training_fit(members, bundle),
+                                       optimizer_changes=backup.optimizer_changes)
+        run_dir.write_results(config.model_dir, results)
+    except OSError as e:  # a full disk, a folder made read-only
+        raise OutputError(
+            f"The results cannot be written in {config.model_dir} ({os_reason(e)}): the trained "
+            f"run is kept in {backup_dir_of(config)} (all {config.epochs} epochs). Make room or make "
+            "the folder writable, then run the same command to evaluate and save it.") from None
     log(format_summary(results))
     return results
 

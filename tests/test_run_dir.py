@@ -73,7 +73,7 @@ def test_results_schema_and_member_accuracy(tmp_path):
     results = run_dir.make_results(config, bundle, members, {"loss": [1.0]}, 1, test, 2.5)
     assert list(results) == ["config", "dataset", "preprocessing", "validation_epochs", "training_fit", "members",
                              "history", "epochs_run_this_session", "test", "ensemble_test_accuracy",
-                             "wall_time_s"]
+                             "wall_time_s", "optimizer_changes"]
     assert results["preprocessing"] == {"input_shape": [32, 32, 3], "mean": None, "std": None}
     assert results["validation_epochs"] == [] and results["training_fit"] == []
     assert results["members"][0] == {"index": 0, "net": "tiny_cnn", "name": "m0", "file": "member_0.keras",

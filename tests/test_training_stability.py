@@ -87,7 +87,8 @@ def test_member_at_chance_only_in_inference_mode_gets_the_batch_norm_warning():
     # 10 classes, 1,000 validation images: at chance up to 0.1 + 3 * sqrt(0.09 / 1000) = 0.1285.
     lines = []
     health = TrainingHealth(["mobilenet_0", "resnet32_1"], num_classes=10, samples_per_epoch=5000,
-                            validation_samples=1000, log=lines.append)
+                            validation_samples=1000, log=lines.append, bn_momenta=[0.9997, 0.9],
+                            steps_per_epoch=10)
     logs = {"accuracy_0": 0.30, "accuracy_1": 0.29, "val_accuracy_0": 0.100, "val_accuracy_1": 0.27}
     health.on_epoch_end(2, logs)
     assert len(lines) == 1

@@ -257,7 +257,8 @@ def classification_bundle(
     ``augment_fn``) and :func:`eval_dataset`, both of ``batch_size``.
 
     ``extras`` holds ``mean``/``std`` (per channel, [0, 1] scale), ``labeled_mask``
-    (bool per training image), ``train_unaugmented`` (a function returning the
+    (bool per training image), ``train_labels`` / ``test_labels`` (the labels trained on,
+    -1 for unlabeled, and the test labels, in stored order), ``train_unaugmented`` (a function returning the
     training images, true labels, as :func:`eval_dataset`: stored order, no
     augmentation) and then whatever ``extras(arrays)`` returns.
     """
@@ -290,6 +291,7 @@ def classification_bundle(
         test_size=len(test_images),
         labeled_size=int(mask.sum()),
         extras={"mean": mean, "std": std, "labeled_mask": mask,
+                "train_labels": train_labels, "test_labels": np.asarray(arrays["test_labels"], np.int32),
                 "train_unaugmented": lambda: eval_dataset(train_images, true_labels, batch_size, mean, std),
                 **(extras(arrays) if extras else {})},
     )

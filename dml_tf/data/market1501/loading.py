@@ -189,7 +189,8 @@ def load(
       ``DatasetBundle(name="market1501", train=..., test=None, num_classes=N,
       input_shape=(H, W, 3), train_size=..., extras={"query", "gallery"[, "gt_bbox"]})``:
       ``train`` is one epoch of shuffled, flipped ``(images, labels)`` batches;
-      each extra is a :class:`Market1501Split`. ``gt_bbox`` is absent when its folder
+      each extra is a :class:`Market1501Split`, but ``train_labels`` (the label of every
+      training image, in stored order; -1 unlabeled). ``gt_bbox`` is absent when its folder
       (or records) are, and multi-query evaluation is then unavailable. ``info``
       holds the original id of every label (``train_ids``), the labeled ids, counts of
       dropped junk/distractor training images and the source.
@@ -214,7 +215,7 @@ def load(
     )
     keep = train.ids > 0
     train_dataset = _train_dataset(train, opened.shards["train"], keep, labels[keep], image_size, batch_size, seed)
-    extras = _eval_splits(opened, image_size, eval_batch_size)
+    extras = {**_eval_splits(opened, image_size, eval_batch_size), "train_labels": labels[keep]}
     info = {
         **_source_info(opened),
         "train_ids": class_ids,
