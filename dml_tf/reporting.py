@@ -157,6 +157,8 @@ def describe_run(config, members, train_count, test_count, steps_per_epoch):
             target += f", {config.peer_reduction} over the {k - 1} peers"
         who = "each member" if not teachers else f"{', '.join(learners)} only"
         objective = f"{who} on its cross-entropy + {weight:g} x {target}"
+        if config.mimicry_warmup_epochs:
+            objective += f" (its weight ramped up from 0 over {config.mimicry_warmup_epochs:g} epochs)"
         if teachers:
             objective += f"; {', '.join(teachers)} frozen (not trained)"
         elif config.update == "sequential":
