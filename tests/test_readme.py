@@ -63,16 +63,24 @@ def test_your_own_data_commands_run_on_a_folder_of_real_images(tmp_path):
     helpers_images.write_digit_folder(str(tmp_path / "my_images"), per_class=8)
     chain = re.findall(r"```bash\n(.*?)\n```", readme_section("Your own data"), re.S)[0]
     shorter = ["--nets=tiny_cnn,tiny_cnn", "--epochs=1", "--steps_per_epoch=2", "--batch_size=8"]
-    outputs = []
+    commands = []
     for command in chain.split(" && "):
         args = command.split()
         assert args[:2] == ["python", "-m"]
-        if args[2] == "dml_tf.train":
-            args += shorter
-        proc = subprocess.run([sys.executable] + args[1:], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": ROOT}, timeout=600)
-        assert proc.returncode == 0, (command, proc.stderr[-2000:])
-        outputs.append(proc.stdout)
+        commands.append([sys.executable] + args[1:] + (shorter if args[2] == "dml_tf.train" else []))
+    assert [c[2] for c in commands] == ["dml_tf.train", "dml_tf.train", "dml_tf.compare", "dml_tf.predict",
+                                        "dml_tf.predict"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def run_together(group):  # commands that do not read each other's output, at once
+        started = [subprocess.Popen(c, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE) for c in group]
+        results = [(p, *p.communicate(timeout=600)) for p in started]
+        for (p, _, stderr), command in zip(results, group):
+            assert p.returncode == 0, (command, stderr[-2000:])
+        return [stdout for _, stdout, _ in results]
+
+    outputs = run_together(commands[:2]) + run_together(commands[2:])
     assert (tmp_path / "runs" / "compare.json").exists()
     predicted = [line for line in outputs[3].splitlines() if line.startswith("my_images/")]
     assert len(predicted) == 80 and all(len(line.split(", ")) == 3 for line in predicted)
