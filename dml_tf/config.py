@@ -257,6 +257,12 @@ class TrainConfig:
         return 0.0 if self.mode == "independent" else self.mimicry_weight
 
 
+def default_training_settings(dataset):
+    """The training settings of ``dataset`` with every flag at its default: what a setting a
+    saved run or checkpoint does not record is compared as."""
+    return TrainConfig(dataset=dataset).resolved().training_settings()
+
+
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
 # What a None takes when the dataset's defaults set nothing.
 GENERIC_DEFAULTS = {name: f.metadata["fallback"] for name, f in FIELDS.items()

@@ -18,7 +18,7 @@ from dml_tf import reporting
 from dml_tf import run_dir
 from dml_tf.compare import save_test_predictions
 from dml_tf.cohort import MutualLearningModel
-from dml_tf.config import OPTIMIZER_SETTINGS, ConfigError, TrainConfig
+from dml_tf.config import OPTIMIZER_SETTINGS, ConfigError, default_training_settings
 from dml_tf.distribute import make_strategy
 from dml_tf.errors import OutputError
 from dml_tf.health import TrainingHealth, batch_norm_momentum, majority_rate
@@ -71,7 +71,7 @@ def checked_state(config, log=print):
         log(f"The checkpoint in {backup_dir} was written by an earlier dml_tf: its training "
             "settings are not recorded, so they cannot be checked.")
     elif state is not None:
-        defaults = TrainConfig(dataset=config.dataset).resolved().training_settings()
+        defaults = default_training_settings(config.dataset)
         ignore = OPTIMIZER_SETTINGS if config.new_optimizer_settings else ()
         changes = {name: [old, new] for name, old, new in checkpoint.check_settings(
             state, config.training_settings(), defaults, backup_dir, ignore)}

@@ -120,7 +120,7 @@ def reuse_or_train(config, log=print):
         return runner.run(config, log=log)
     results = run_dir.read_results(config.model_dir)
     saved = {k: v for k, v in (results.get("config") or {}).items() if k not in cfg.RUN_ONLY_FIELDS}
-    defaults = cfg.TrainConfig(dataset=config.dataset).resolved().training_settings()
+    defaults = cfg.default_training_settings(config.dataset)
     differences = checkpoint.settings_differences(saved, config.training_settings(), defaults)
     if differences:
         listed = "; ".join(f"--{n}: {old} in the run, {new} now" for n, old, new in differences)
