@@ -10,7 +10,8 @@ float), and does inside what the run's pipeline did before its members: ``Resizi
 the members' input size (bilinear), ``Rescaling`` by 1/255 and ``Normalization`` with the
 training images' per-channel mean and variance (recorded in results.json). Only Keras'
 own layers are used: the option-A ResNet shortcut (``dml_tf.nets.resnet.ZeroPadShortcut``)
-is rebuilt from pooling, permutation and zero padding, which compute the same values, so
+is rebuilt from pooling, permutation and zero padding, which compute the same values, and
+the fused batch norm (``dml_tf.nets.batch_norm``) becomes Keras' own, so
 ``keras.models.load_model`` needs no dml_tf import.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from dml_tf import run_dir
 from dml_tf.errors import RunFileError
+from dml_tf.nets import batch_norm
 from dml_tf.nets.resnet import ZeroPadShortcut
 
 
@@ -37,17 +39,28 @@ def _shortcut_from_keras_layers(layer):
 
 def portable(member):
     """A copy of ``member`` (same weights, same outputs) made of Keras' own layers only."""
-    if not any(isinstance(layer, ZeroPadShortcut) for layer in member.layers):
+    if not any(isinstance(layer, (ZeroPadShortcut, batch_norm.BatchNormalization))
+               for layer in all_layers(member)):
         return member
 
     def clone(layer):
         if isinstance(layer, ZeroPadShortcut):
             return _shortcut_from_keras_layers(layer)
+        if isinstance(layer, batch_norm.BatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(member, clone_function=clone)
+    copy = keras.models.clone_model(member, clone_function=clone, recursive=True)
     copy.set_weights(member.get_weights())
     return copy
+
+
+def all_layers(model):
+    """Every layer of ``model``, those of nested models included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
 
 
 def preprocessing(results):

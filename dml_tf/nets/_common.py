@@ -15,6 +15,8 @@ import numbers
 import keras
 import numpy as np
 
+from dml_tf.nets import batch_norm
+
 
 def check_args(num_classes, input_shape, weight_decay, seed):
     """Validates the common builder arguments; returns them normalised."""
@@ -91,7 +93,7 @@ class LayerFactory:
         )
 
     def bn(self, name, scale=True):
-        return keras.layers.BatchNormalization(
+        return batch_norm.BatchNormalization(
             momentum=self.bn_momentum, epsilon=self.bn_epsilon, scale=scale, name=name
         )
 

@@ -4,8 +4,9 @@
 followed by the head every dml_tf network has: global average pooling (the ``features``
 layer) and the ``logits`` Dense layer, so evaluation, feature extraction and the
 analysis tools work unchanged. Weight decay goes on every convolution and dense kernel
-as for the paper's networks (``L2(weight_decay / 2)``); ``bn_momentum`` sets every
-batch-norm layer's momentum. ``pretrained="imagenet"`` loads Keras' ImageNet weights
+as for the paper's networks (``L2(weight_decay / 2)``); its batch norms become
+:class:`dml_tf.nets.batch_norm.BatchNormalization` (same weights, TensorFlow's fused
+kernel) and ``bn_momentum`` sets their momentum. ``pretrained="imagenet"`` loads Keras' ImageNet weights
 (from ``~/.keras/models/`` or downloaded); a weights file is given to the application
 as its ``weights`` (a no-top file of that application).
 
@@ -19,6 +20,7 @@ import re
 import keras
 
 from dml_tf.nets import _common
+from dml_tf.nets import batch_norm
 from dml_tf.nets.pretrained import PretrainedWeightsError
 
 PREFIX = "keras:"
@@ -68,6 +70,18 @@ def _backbone(spec, input_shape, weights):
             f"pass --pretrained=FILE.") from None
 
 
+def _with_fused_batch_norm(backbone):
+    """``backbone`` with every Keras ``BatchNormalization`` computed by the fused kernel
+    (:mod:`dml_tf.nets.batch_norm`): same configuration and weights."""
+    def clone(layer):
+        kind = batch_norm.BatchNormalization if type(layer) is keras.layers.BatchNormalization else layer.__class__
+        return kind.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(backbone, clone_function=clone, recursive=True)
+    copy.set_weights(backbone.get_weights())
+    return copy
+
+
 def build(spec, num_classes, input_shape=(224, 224, 3), weight_decay=0.0, seed=None, name=None,
           pretrained=None, bn_momentum=None):
     """``keras:NAME`` as a dml_tf network (see the module docstring)."""
@@ -76,7 +90,7 @@ def build(spec, num_classes, input_shape=(224, 224, 3), weight_decay=0.0, seed=N
         raise ValueError(f"pretrained='imagenet' needs RGB images: input_shape must end in 3, got {input_shape}")
     if seed is not None:
         keras.utils.set_random_seed(seed)  # the applications' initialisers are unseeded
-    backbone = _backbone(spec, input_shape, pretrained)
+    backbone = _with_fused_batch_norm(_backbone(spec, input_shape, pretrained))
     f = _common.LayerFactory(weight_decay, seed)
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization) and bn_momentum is not None:

@@ -1,9 +1,14 @@
-"""python -m tools.benchmark --quick runs and writes the documented JSON (fields, not speed)."""
+"""python -m tools.benchmark --quick runs and writes the documented JSON (fields, not speed);
+its worker processes (a --baseline_tree's steps, the PyTorch loop) and paired ratios."""
 
 import json
 import os
 import subprocess
 import sys
+
+import numpy as np
+import pytest
+
 from paths import ROOT
 
 
@@ -13,8 +18,8 @@ def test_benchmark_quick_writes_json(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
                KERAS_BACKEND="tensorflow")
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.benchmark", "--quick",
-         "--steps=2", "--pipeline_images=128", f"--output={output}"],
+        [sys.executable, "-m", "tools.benchmark", "--quick", "--pytorch=false",
+         "--baseline_tree=now=.", "--steps=2", "--pipeline_images=128", f"--output={output}"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "independent" in proc.stdout and "input pipeline" in proc.stdout
@@ -24,15 +29,20 @@ def test_benchmark_quick_writes_json(tmp_path):
     assert results["settings"]["quick"] is True
     names = [(r["name"], r["jit_compile"]) for r in results["rows"]]
     assert names == [("independent", False), ("dml_simultaneous", False),
-                     ("dml_sequential", False)]
+                     ("dml_sequential", False), ("now_simultaneous", False),
+                     ("now_sequential", False)]
+    assert results["settings"]["baseline_trees"] == {"now": str(ROOT)}
     for row in results["rows"]:
         assert row["error"] is None
         assert row["step_s"] > 0 and row["images_per_s"] > 0
         assert row["ratio_to_independent"] > 0
+        assert row["speed_over_pytorch"] is None  # --pytorch=false
         assert row["peak_rss_mib"] > 0
         assert len(row["round_step_s"]) == 2  # --steps rounds
         assert abs(row["step_s"] - sum(row["round_step_s"]) / 2) < 1e-12  # median of 2
         assert row["rss_growth_mib"] is not None
+    for row in results["rows"][3:]:  # in a worker, with this checkout's dml_tf
+        assert row["worker"] == {"dml_tf": os.path.join(str(ROOT), "dml_tf")}
     independent = results["rows"][0]
     assert len(independent["member_step_s"]) == 2
     assert independent["ratio_to_independent"] == 1.0
@@ -58,3 +68,45 @@ def test_summarise_pairs_each_round_with_its_independent_cost():
     assert sim["step_s"] == 2.2 and sim["images_per_s"] == 64 / 2.2
     assert abs(sim["ratio_to_independent"] - 1.05) < 1e-12  # median of 1.05, 1.05, 1.0
     assert "member_step_s" not in sim
+
+
+def test_summarise_speed_over_pytorch_is_paired_per_round():
+    from tools import benchmark
+
+    times = {"independent": [[1.0], [2.0], [1.0]], "pytorch": [[1.0], [3.0], [1.2]],
+             "dml_simultaneous": [[0.8], [2.0], [1.0]]}
+    rows = benchmark.summarise(times, batch=8)
+    assert rows["pytorch"]["speed_over_pytorch"] == 1.0
+    assert abs(rows["dml_simultaneous"]["speed_over_pytorch"] - 1.25) < 1e-12  # of 1.25, 1.5, 1.2
+
+
+def test_baseline_tree_without_dml_tf_is_a_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark", "--quick", f"--baseline_tree=old={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"--baseline_tree=old={tmp_path}: {tmp_path} holds no dml_tf/cohort.py" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_pytorch_loop_is_cross_entropy_plus_kl_to_the_detached_peer():
+    torch = pytest.importorskip("torch")
+    from tools import torch_dml
+
+    cohort = torch_dml.TorchDML(num_members=2, depth=8, num_classes=5, weight_decay=0.0, seed=0)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 4])
+    with torch.no_grad():  # the members' training-mode predictions before the step
+        logits = [m(x).double().numpy() for m in cohort.members]
+    losses = cohort.step(x, y)
+
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    log_p = [log_softmax(z) for z in logits]
+    for k in (0, 1):
+        peer = log_p[1 - k]
+        ce = -log_p[k][np.arange(4), y.numpy()].mean()
+        kl = (np.exp(peer) * (peer - log_p[k])).sum(axis=1).mean()
+        assert abs(losses[k] - (ce + kl)) < 1e-4
