@@ -110,3 +110,38 @@ def test_pytorch_loop_is_cross_entropy_plus_kl_to_the_detached_peer():
         ce = -log_p[k][np.arange(4), y.numpy()].mean()
         kl = (np.exp(peer) * (peer - log_p[k])).sum(axis=1).mean()
         assert abs(losses[k] - (ce + kl)) < 1e-4
+
+
+def test_profile_sums_op_events_per_type_and_skips_envelopes():
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    from tools import profile_step
+
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = {1: "resnet/conv1/Conv2D:_MklNativeConv2D", 2: "ExecutorState::Process",
+             3: "resnet/bn/mul:Mul", 4: "EagerLocalExecute: __inference_step_1"}
+    for key, name in names.items():
+        plane.event_metadata[key].name = name
+    for line_name, events in (("tf_Compute/1", [(1, 3.0), (2, 9.0), (3, 0.5)]),
+                              ("tf_Compute/2", [(1, 1.0), (4, 7.0)])):
+        line = plane.lines.add(name=line_name)
+        for key, ms in events:
+            line.events.add(metadata_id=key, duration_ps=int(ms * 1e9))
+    space.planes.add(name="/device:GPU:0").event_metadata[1].name = "x:Conv2D"  # not the host
+    totals = profile_step.op_time_by_type(space)
+    assert dict(totals) == {"_MklNativeConv2D": 4e-3, "Mul": 0.5e-3}
+
+
+def test_profile_of_a_real_step_names_its_convolutions():
+    import numpy as np
+    import tensorflow as tf
+
+    from tools import benchmark, profile_step
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32))
+    y = tf.constant([0, 1, 2, 3])
+    step = benchmark.make_step("keras", {"nets": ["tiny_cnn"], "num_classes": 4}, x, y, False)
+    wall, by_type = profile_step.profile(step, warmup=1, steps=2)
+    assert wall > 0
+    assert any("Conv2D" in kind for kind in by_type) and all(s >= 0 for s in by_type.values())
+    assert not any("::" in kind for kind in by_type)
