@@ -20,7 +20,7 @@ import numpy as np
 
 from dml_tf import run_dir
 from dml_tf.errors import RunFileError
-from dml_tf.nets import batch_norm
+from dml_tf.nets import _common, batch_norm
 from dml_tf.nets.resnet import ZeroPadShortcut
 
 
@@ -43,16 +43,14 @@ def portable(member):
                for layer in all_layers(member)):
         return member
 
-    def clone(layer):
+    def replace(layer):
         if isinstance(layer, ZeroPadShortcut):
             return _shortcut_from_keras_layers(layer)
         if isinstance(layer, batch_norm.BatchNormalization):
             return keras.layers.BatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+        return None
 
-    copy = keras.models.clone_model(member, clone_function=clone, recursive=True)
-    copy.set_weights(member.get_weights())
-    return copy
+    return _common.rebuild(member, replace)
 
 
 def all_layers(model):

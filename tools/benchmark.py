@@ -248,25 +248,17 @@ class Worker:
         self._process.wait()
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout):
-    """The worker of ``--baseline_tree``: the dml_tf importable here (the tree's) builds
-    one DML configuration (``setup``) and runs its steps."""
+def serve_steps(setup, stdin=sys.stdin, stdout=sys.stdout):
+    """A worker's loop (the other end of :class:`Worker`): one JSON command per line,
+    one JSON answer per line. ``setup(command)`` builds the configuration and returns
+    ``(step, info)``; ``step`` commands run ``step()`` and answer its seconds."""
     import json
-
-    import numpy as np
-    import tensorflow as tf
 
     step = None
     for line in stdin:
         command = json.loads(line)
         if command["op"] == "setup":
-            rng = np.random.default_rng(0)
-            batch, classes = command["batch_size"], command["num_classes"]
-            x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
-            y = tf.constant(rng.integers(0, classes, size=(batch,)).astype(np.int32))
-            step = make_step(command["name"], command, x, y, command["jit_compile"])
-            import dml_tf
-            answer = {"dml_tf": os.path.dirname(os.path.abspath(dml_tf.__file__))}
+            step, answer = setup(command)
         elif command["op"] == "step":
             start = time.perf_counter()
             step()
@@ -277,6 +269,24 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
             answer = {"error": f"unknown op {command['op']!r}"}
         stdout.write(json.dumps(answer) + "\n")
         stdout.flush()
+
+
+def serve():
+    """The worker of ``--baseline_tree``: the dml_tf importable here (the tree's) builds
+    one DML configuration (``setup``) and runs its steps."""
+    import numpy as np
+    import tensorflow as tf
+
+    def setup(command):
+        rng = np.random.default_rng(0)
+        batch, classes = command["batch_size"], command["num_classes"]
+        x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
+        y = tf.constant(rng.integers(0, classes, size=(batch,)).astype(np.int32))
+        step = make_step(command["name"], command, x, y, command["jit_compile"])
+        import dml_tf
+        return step, {"dml_tf": os.path.dirname(os.path.abspath(dml_tf.__file__))}
+
+    serve_steps(setup)
 
 
 def make_workers(settings, jit):

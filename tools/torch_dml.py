@@ -17,10 +17,8 @@ reads one JSON command per line on stdin and answers one JSON line on stdout
 runs one iteration and answers its seconds; ``{"op": "quit"}``).
 """
 
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -97,31 +95,23 @@ class TorchDML:
         return losses
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout):
-    """The worker loop of ``tools.benchmark`` (one JSON command per line)."""
+def serve():
+    """The worker of ``tools.benchmark`` (its ``serve_steps`` loop)."""
+    from tools.benchmark import serve_steps
+
     torch.set_num_threads(int(os.environ.get("DML_TF_BENCH_THREADS", os.cpu_count() or 1)))
-    cohort, x, y = None, None, None
-    for line in stdin:
-        command = json.loads(line)
-        op = command["op"]
-        if op == "setup":
-            batch, classes = command["batch_size"], command["num_classes"]
-            generator = torch.Generator().manual_seed(0)
-            x = torch.randn(batch, 3, 32, 32, generator=generator)
-            y = torch.randint(0, classes, (batch,), generator=generator)
-            cohort = TorchDML(command["num_members"], command["depth"], classes,
-                              weight_decay=command["weight_decay"])
-            answer = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-        elif op == "step":
-            start = time.perf_counter()
-            cohort.step(x, y)
-            answer = {"seconds": time.perf_counter() - start}
-        elif op == "quit":
-            return
-        else:
-            answer = {"error": f"unknown op {op!r}"}
-        stdout.write(json.dumps(answer) + "\n")
-        stdout.flush()
+
+    def setup(command):
+        batch, classes = command["batch_size"], command["num_classes"]
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, 32, 32, generator=generator)
+        y = torch.randint(0, classes, (batch,), generator=generator)
+        cohort = TorchDML(command["num_members"], command["depth"], classes,
+                          weight_decay=command["weight_decay"])
+        return (lambda: cohort.step(x, y)), {"torch": torch.__version__,
+                                              "threads": torch.get_num_threads()}
+
+    serve_steps(setup)
 
 
 if __name__ == "__main__":

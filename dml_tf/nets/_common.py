@@ -143,3 +143,15 @@ def is_small_input(input_shape, small_input):
     if not isinstance(small_input, bool):
         raise ValueError(f"small_input must be None, True or False, got {small_input!r}")
     return small_input
+
+
+def rebuild(model, replace):
+    """A copy of ``model`` (nested models included) with the same weights, where
+    ``replace(layer)`` gives the new layer, or None for a fresh copy of the same class."""
+    def clone(layer):
+        new = replace(layer)
+        return layer.__class__.from_config(layer.get_config()) if new is None else new
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy

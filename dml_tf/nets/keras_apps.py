@@ -73,13 +73,9 @@ def _backbone(spec, input_shape, weights):
 def _with_fused_batch_norm(backbone):
     """``backbone`` with every Keras ``BatchNormalization`` computed by the fused kernel
     (:mod:`dml_tf.nets.batch_norm`): same configuration and weights."""
-    def clone(layer):
-        kind = batch_norm.BatchNormalization if type(layer) is keras.layers.BatchNormalization else layer.__class__
-        return kind.from_config(layer.get_config())
-
-    copy = keras.models.clone_model(backbone, clone_function=clone, recursive=True)
-    copy.set_weights(backbone.get_weights())
-    return copy
+    return _common.rebuild(backbone, lambda layer: (
+        batch_norm.BatchNormalization.from_config(layer.get_config())
+        if type(layer) is keras.layers.BatchNormalization else None))
 
 
 def build(spec, num_classes, input_shape=(224, 224, 3), weight_decay=0.0, seed=None, name=None,
