@@ -18,7 +18,7 @@ from dml_tf import reporting
 from dml_tf import run_dir
 from dml_tf.compare import save_test_predictions
 from dml_tf.cohort import MutualLearningModel
-from dml_tf.config import OPTIMIZER_SETTINGS, ConfigError, default_training_settings
+from dml_tf.config import OPTIMIZER_SETTINGS, RUN_ONLY_FIELDS, ConfigError, default_training_settings
 from dml_tf.distribute import make_strategy
 from dml_tf.errors import OutputError
 from dml_tf.health import TrainingHealth, batch_norm_momentum, majority_rate
@@ -351,14 +351,23 @@ def _run_holding_the_folder(config, log, callbacks):
 
 def run_or_reuse(config, log=print):
     """:func:`run` unless ``config.model_dir`` already holds a finished run, whose
-    results.json is read instead (``RunFileError`` when damaged): a sweep started
-    again resumes, an interrupted run included."""
-    if run_dir.is_finished(config.model_dir):
-        log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
-        return run_dir.read_results(config.model_dir)
-    log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
-        f"mimicry={config.mimicry}, seed={config.seed}")
-    return run(config, log=log)
+    results.json is read instead (``RunFileError`` when damaged): a sweep or a study
+    started again resumes, an interrupted run included. A finished run trained with other
+    settings is never taken for this one: ConfigError naming each difference."""
+    if not run_dir.is_finished(config.model_dir):
+        log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
+            f"mimicry={config.mimicry}, seed={config.seed}")
+        return run(config, log=log)
+    results = run_dir.read_results(config.model_dir)
+    saved = {k: v for k, v in (results.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+    differences = checkpoint.settings_differences(saved, config.resolved().training_settings(),
+                                                  default_training_settings(config.dataset))
+    if differences:
+        listed = "; ".join(f"--{n}: {old} in the run, {new} now" for n, old, new in differences)
+        raise ConfigError(f"{config.model_dir} holds a finished run with other settings ({listed}): "
+                          "give it the settings of that run, or another output folder.")
+    log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
+    return results
 
 
 def format_summary(results):

@@ -110,26 +110,6 @@ def plan(base, arms, seeds, study_dir):
     return runs
 
 
-def reuse_or_train(config, log=print):
-    """The results of the run ``config`` describes: read when its folder holds it finished
-    with the same training settings (ConfigError naming each difference otherwise),
-    trained (or resumed) when not."""
-    from dml_tf import checkpoint, run_dir, runner
-
-    if not run_dir.is_finished(config.model_dir):
-        return runner.run(config, log=log)
-    results = run_dir.read_results(config.model_dir)
-    saved = {k: v for k, v in (results.get("config") or {}).items() if k not in cfg.RUN_ONLY_FIELDS}
-    defaults = cfg.default_training_settings(config.dataset)
-    differences = checkpoint.settings_differences(saved, config.training_settings(), defaults)
-    if differences:
-        listed = "; ".join(f"--{n}: {old} in the run, {new} now" for n, old, new in differences)
-        raise cfg.ConfigError(f"{config.model_dir} holds a finished run with other settings ({listed}): "
-                              "use another --study_dir, or give the study the settings of its runs.")
-    log(f"[reuse] {config.model_dir} is finished")
-    return results
-
-
 def export_evidence(runs, study_dir, export_dir):
     """Copies the report files and each finished run's results.json (no weights) into
     ``export_dir``, keeping the ``ARM/seed_S/`` layout."""
@@ -153,7 +133,7 @@ def export_evidence(runs, study_dir, export_dir):
 def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print):
     """Trains (or reuses) every run of the study and writes its report after each; returns
     the report (:func:`dml_tf.study_report.build`)."""
-    from dml_tf import study_report
+    from dml_tf import runner, study_report
 
     runs = plan(base, arms, seeds, study_dir)
     baseline = baseline or arms[0].label
@@ -164,7 +144,7 @@ def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=
     report = None
     for i, run in enumerate(runs, 1):
         log(f"[study {i}/{len(runs)}] arm {run.arm}, seed {run.seed}: {run.config.model_dir}")
-        reuse_or_train(run.config, log=log)
+        runner.run_or_reuse(run.config, log=log)
         report = study_report.write(runs, study_dir, baseline, log=log if i == len(runs) else None)
         if export_dir:
             export_evidence(runs, study_dir, export_dir)

@@ -12,6 +12,8 @@ import pytest
 from dml_tf import config as cfg
 from dml_tf import run_dir, study, study_report
 
+import helpers_images
+
 # Student's t, 97.5% quantile, from a printed table (not computed by the code under test).
 T_975 = {1: 12.7062, 2: 4.3027, 4: 2.7764}
 
@@ -129,12 +131,28 @@ def test_second_call_reuses_and_other_settings_are_refused(tiny_study):
     before = os.path.getmtime(root / "s" / "dml" / "seed_1" / "results.json")
     lines = []
     again = study.run_study(_base(), arms, [0, 1], str(root / "s"), log=lines.append)
-    assert sum("[reuse]" in line for line in lines) == 4
+    assert sum(line.startswith("[skip]") for line in lines) == 4
     assert not any(line.startswith("Training ") for line in lines)
     assert os.path.getmtime(root / "s" / "dml" / "seed_1" / "results.json") == before
     assert again["arms"] == report["arms"]
     with pytest.raises(cfg.ConfigError, match="--epochs: 2 in the run, 3 now"):
         study.run_study(_base(epochs=3), arms, [0, 1], str(root / "s"), log=lines.append)
+
+
+def test_study_on_a_folder_of_images(tmp_path):
+    """A user's own images (one sub-folder per class, JPEG and PNG) go through the study as
+    the paper's datasets do: a seeded stratified subset, both arms, the report."""
+    helpers_images.write_digit_folder(str(tmp_path / "images"), per_class=8, classes=range(3))
+    base = _base(dataset="folder", data_dir=str(tmp_path / "images"), validation_split=0.25,
+                 train_per_class=4, batch_size=6, epochs=1, validation_freq=1)
+    report = study.run_study(base, [study.parse_arm("independent"), study.parse_arm("dml")], [0],
+                             str(tmp_path / "s"), log=lambda line: None)
+    assert report["finished_runs"] == 2
+    for arm in ("independent", "dml"):
+        results = run_dir.read_results(str(tmp_path / "s" / arm / "seed_0"))
+        assert results["dataset"]["train_size"] == 12 and results["dataset"]["num_classes"] == 3
+        assert 0.0 <= results["ensemble_test_accuracy"] <= 1.0
+    assert "folder" in (tmp_path / "s" / "study.md").read_text()
 
 
 def test_verdict_sentences():

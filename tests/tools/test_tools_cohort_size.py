@@ -40,6 +40,12 @@ def test_cohort_size_sweep_and_resume(digits_sweep):
     assert not any(l.startswith("[train]") for l in lines)
     assert sum(l.startswith("[skip]") for l in lines) == 4
     assert again["methods"] == data["methods"]
+    # Started again with other settings: refused, naming the difference, not silently reused.
+    from absl import app
+
+    with pytest.raises(app.UsageError, match="k1_seed0 holds a finished run with other settings "
+                                             r"\(--batch_size: 32 in the run, 16 now\)"):
+        tool.compute(str(out), log=lines.append, **dict(kwargs, batch_size=16))
 
 
 def test_cohort_size_usage_errors(tmp_path):
