@@ -266,7 +266,7 @@ def figure(report):
             x = p * (len(MEASURES) + 1) + m
             d = pair[measure]
             ticks.append(x)
-            names.append(f"{pair['arm']} - {pair['baseline']}\n{measure.replace('_', ' ')}")
+            names.append(f"{pair['arm']}\n- {pair['baseline']}\n{measure.replace('_', ' ')}")
             diffs.scatter([x] * len(d["per_seed"]), [100 * v for v in d["per_seed"]],
                           color=colours[pair["arm"]], alpha=0.7, s=18)
             if d["interval"] is not None:
