@@ -4,7 +4,9 @@
   :class:`~dml_tf.errors.TrainingDivergedError`, naming the member, the epoch and the
   step (``fit`` then never returns, so no results file is written as if finished).
 * A member whose training accuracy over a whole epoch is still indistinguishable from
-  chance gets one warning line at the end of that epoch, naming it and what to try.
+  chance gets one warning line at the end of that epoch, naming it and what to try;
+  not during a learning-rate warm-up, whose first epochs are meant to move slowly (a
+  20-epoch warm-up is still at 5% of its rate after epoch 1).
   Chance is the majority-class rate of the labels the accuracy is measured on (a
   collapsed network predicts the most frequent class: on unbalanced data such as
   Market-1501 that scores well above ``1 / num_classes``); indistinguishable means
@@ -81,11 +83,13 @@ class TrainingHealth(keras.callbacks.Callback):
         steps up to the end of each epoch).
       advice: a callable returning what the user can do after a divergence (the
         runner's names the checkpoint kept and the flags); None: general advice.
+      warmup_epochs: the learning-rate warm-up's length in epochs; no at-chance
+        warning before its last epoch.
     """
 
     def __init__(self, member_names, num_classes, samples_per_epoch, validation_samples=None,
                  log=print, train_chance=None, validation_chance=None, bn_momenta=None,
-                 steps_per_epoch=None, advice=None):
+                 steps_per_epoch=None, advice=None, warmup_epochs=0):
         super().__init__()
         self.member_names = list(member_names)
         self.num_classes = int(num_classes)
@@ -97,6 +101,7 @@ class TrainingHealth(keras.callbacks.Callback):
         self.bn_momenta = None if bn_momenta is None else list(bn_momenta)
         self.steps_per_epoch = steps_per_epoch
         self.advice = advice
+        self.warmup_epochs = float(warmup_epochs or 0)
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -117,7 +122,7 @@ class TrainingHealth(keras.callbacks.Callback):
         self._check_finite(logs, f"the end of epoch {epoch + 1}")
         for k, name in enumerate(self.member_names):
             accuracy = (logs or {}).get(f"accuracy_{k}")
-            if accuracy is None or not at_chance(float(accuracy), self.train_chance, self.samples_per_epoch):
+            if epoch + 1 < self.warmup_epochs or accuracy is None or not at_chance(float(accuracy), self.train_chance, self.samples_per_epoch):
                 continue
             self.log(f"WARNING: member {k} ({name}) is still at chance after epoch {epoch + 1} "
                      f"(training accuracy {float(accuracy):.4f}, chance {self.train_chance:.4f}: the "

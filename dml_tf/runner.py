@@ -278,7 +278,7 @@ def run(config, log=print, callbacks=()):
         return _run_holding_the_folder(config, log, callbacks)
 
 
-def health_check(bundle, members, samples_per_epoch, steps_per_epoch, backup, log):
+def health_check(bundle, members, samples_per_epoch, steps_per_epoch, backup, log, warmup_epochs=0):
     """The run's TrainingHealth: chance as the majority-class rate of the labels each
     accuracy is measured on, each member's batch-norm momentum, and the divergence
     advice that names the checkpoint kept."""
@@ -289,7 +289,8 @@ def health_check(bundle, members, samples_per_epoch, steps_per_epoch, backup, lo
         train_chance=None if train_labels is None else majority_rate(train_labels),
         validation_chance=None if test_labels is None else majority_rate(test_labels),
         bn_momenta=[batch_norm_momentum(m) for m in members], steps_per_epoch=steps_per_epoch,
-        advice=lambda: checkpoint.divergence_advice(backup.committed_epoch, backup.backup_dir))
+        advice=lambda: checkpoint.divergence_advice(backup.committed_epoch, backup.backup_dir),
+        warmup_epochs=warmup_epochs)
 
 
 def _run_holding_the_folder(config, log, callbacks):
@@ -321,7 +322,7 @@ def _run_holding_the_folder(config, log, callbacks):
         reporting.CohortTensorBoard(os.path.join(config.model_dir, run_dir.LOGS_DIR)),
         *([reporting.EpochTable(log=log)] if config.verbose is None else []),
         # After the table: an epoch's warnings follow the numbers they are about.
-        health_check(bundle, members, labeled_per_epoch, steps_per_epoch, backup, log),
+        health_check(bundle, members, labeled_per_epoch, steps_per_epoch, backup, log, config.warmup_epochs),
         *callbacks,
     ]
     verbose = 0 if config.verbose is None else config.verbose

@@ -83,6 +83,18 @@ def test_member_at_chance_gets_one_named_warning_line():
     assert len(lines) == 1
 
 
+def test_no_collapse_warning_before_the_warm_up_ends():
+    """A 20-epoch learning-rate warm-up (500 images: 160 steps) is meant to start slowly."""
+    lines = []
+    health = TrainingHealth(["resnet32_0"], num_classes=10, samples_per_epoch=500, log=lines.append,
+                            warmup_epochs=20)
+    for epoch in range(19):
+        health.on_epoch_end(epoch, {"loss_0": 2.3, "accuracy_0": 0.11})
+    assert lines == []
+    health.on_epoch_end(19, {"loss_0": 2.3, "accuracy_0": 0.11})  # the warm-up's last epoch
+    assert len(lines) == 1 and "still at chance after epoch 20" in lines[0]
+
+
 def test_member_at_chance_only_in_inference_mode_gets_the_batch_norm_warning():
     # 10 classes, 1,000 validation images: at chance up to 0.1 + 3 * sqrt(0.09 / 1000) = 0.1285.
     lines = []
