@@ -151,8 +151,7 @@ def check_settings(state, current, defaults, backup_dir, ignore=()):
     refused = [d for d in differences if d[0] not in ignore]
     if not refused:
         return [d for d in differences if d[0] in ignore]
-    listed = "; ".join(f"--{name}: {_flag(old)} in the checkpoint, {_flag(new)} now"
-                       for name, old, new in refused)
+    listed = describe_differences(refused, "the checkpoint")
     raise ConfigError(
         f"{backup_dir} holds an interrupted run (epoch {state['epoch']}) trained with other "
         f"settings: {listed}. Resume with the original settings, or {_START_AFRESH}.")
@@ -190,6 +189,12 @@ def check_data(state, data, backup_dir):
             f"data: {listed}. Resume with the data it was trained on (the same --data_dir), "
             f"or {_START_AFRESH}.")
     return True
+
+
+def describe_differences(differences, where):
+    """``--NAME: OLD in WHERE, NEW now; ...`` for :func:`settings_differences`' list."""
+    return "; ".join(f"--{name}: {_flag(old)} in {where}, {_flag(new)} now"
+                     for name, old, new in differences)
 
 
 def _flag(value):

@@ -120,9 +120,11 @@ class TrainingHealth(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._check_finite(logs, f"the end of epoch {epoch + 1}")
+        warming_up = epoch + 1 < self.warmup_epochs  # slow by design: no verdict yet
         for k, name in enumerate(self.member_names):
             accuracy = (logs or {}).get(f"accuracy_{k}")
-            if epoch + 1 < self.warmup_epochs or accuracy is None or not at_chance(float(accuracy), self.train_chance, self.samples_per_epoch):
+            if warming_up or accuracy is None or \
+                    not at_chance(float(accuracy), self.train_chance, self.samples_per_epoch):
                 continue
             self.log(f"WARNING: member {k} ({name}) is still at chance after epoch {epoch + 1} "
                      f"(training accuracy {float(accuracy):.4f}, chance {self.train_chance:.4f}: the "

@@ -364,8 +364,8 @@ def run_or_reuse(config, log=print):
     differences = checkpoint.settings_differences(saved, config.resolved().training_settings(),
                                                   default_training_settings(config.dataset))
     if differences:
-        listed = "; ".join(f"--{n}: {old} in the run, {new} now" for n, old, new in differences)
-        raise ConfigError(f"{config.model_dir} holds a finished run with other settings ({listed}): "
+        raise ConfigError(f"{config.model_dir} holds a finished run with other settings "
+                          f"({checkpoint.describe_differences(differences, 'the run')}): "
                           "give it the settings of that run, or another output folder.")
     log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
     return results
