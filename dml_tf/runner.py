@@ -73,11 +73,11 @@ def checked_state(config, log=print):
     elif state is not None:
         defaults = default_training_settings(config.dataset)
         ignore = OPTIMIZER_SETTINGS if config.new_optimizer_settings else ()
-        changes = {name: [old, new] for name, old, new in checkpoint.check_settings(
-            state, config.training_settings(), defaults, backup_dir, ignore)}
-        if changes:
-            log("Resuming with new optimizer settings (--new_optimizer_settings): " + "; ".join(
-                f"--{name}: {old} in the checkpoint, {new} now" for name, (old, new) in changes.items()))
+        changed = checkpoint.check_settings(state, config.training_settings(), defaults, backup_dir, ignore)
+        changes = {name: [old, new] for name, old, new in changed}
+        if changed:
+            log("Resuming with new optimizer settings (--new_optimizer_settings): "
+                + checkpoint.describe_differences(changed, "the checkpoint"))
     return state, changes
 
 
