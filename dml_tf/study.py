@@ -93,6 +93,36 @@ class PlannedRun:
     config: cfg.TrainConfig
 
 
+def run_folder(study_dir, label, seed):
+    """The folder of arm ``label``'s run for ``seed``."""
+    return os.path.join(study_dir, label, f"seed_{seed}")
+
+
+def resolve_teachers(arm, earlier, seed, study_dir):
+    """``arm``'s settings with each ``--teacher`` of the form ``@ARM:K`` replaced by member K's
+    file of arm ARM's run of the same seed (Table 4: a student distilled from the frozen,
+    independently trained peer of its own seed). ARM must be an earlier arm, so that its run
+    of the seed is trained first."""
+    settings = dict(arm.settings)
+    teachers = []
+    for teacher in settings.get("teacher", ()):
+        if not teacher.startswith("@"):
+            teachers.append(teacher)
+            continue
+        label, colon, index = teacher[1:].partition(":")
+        if not colon or not index.isdigit():
+            raise cfg.ConfigError(f"--arm {arm.label}: teacher {teacher!r} must be @ARM:K "
+                                  f"(member K of arm ARM's run of the same seed).")
+        if label not in earlier:
+            raise cfg.ConfigError(f"--arm {arm.label}: teacher {teacher!r} names no earlier arm "
+                                  f"(earlier: {', '.join(earlier) or 'none'}); list the teacher's "
+                                  f"arm first.")
+        teachers.append(os.path.join(run_folder(study_dir, label, seed), f"member_{int(index)}.keras"))
+    if teachers:
+        settings["teacher"] = tuple(teachers)
+    return Arm(arm.label, tuple(sorted(settings.items())))
+
+
 def plan(base, arms, seeds, study_dir):
     """The runs of a study, seed by seed (every arm of seed 0 first, so the first paired
     difference comes early): each a resolved, checked TrainConfig."""
@@ -103,9 +133,10 @@ def plan(base, arms, seeds, study_dir):
         raise cfg.ConfigError(f"--seeds must list distinct seeds; got {list(seeds)}.")
     runs = []
     for seed in seeds:
-        for arm in arms:
+        for i, arm in enumerate(arms):
+            arm = resolve_teachers(arm, labels[:i], seed, study_dir)
             config = arm.apply(dataclasses.replace(
-                base, seed=seed, model_dir=os.path.join(study_dir, arm.label, f"seed_{seed}")))
+                base, seed=seed, model_dir=run_folder(study_dir, arm.label, seed)))
             runs.append(PlannedRun(arm.label, seed, config.resolved()))
     return runs
 
@@ -164,7 +195,9 @@ def define_flags():
     cli_flags.define("list", "seeds", ["0", "1", "2"], "Seeds; each trains every arm once.")
     cli_flags.define("multi_string", "arm", list(DEFAULT_ARMS),
                      "An arm: a mode (dml, independent) or LABEL:SETTING=VALUE;... "
-                     "(e.g. dml_ramp:mode=dml;mimicry_warmup_epochs=5). Repeat for each arm.")
+                     "(e.g. dml_ramp:mode=dml;mimicry_warmup_epochs=5). Repeat for each arm. "
+                     "teacher=@ARM:K distils from member K of an earlier arm's run of the same "
+                     "seed (distill:mode=distill;teacher=@independent:0).")
     cli_flags.define("string", "baseline", None, "The arm every other arm is compared with "
                      "(default: the first).")
     cli_flags.define("string", "export_dir", None, "Also copy the report and each run's "

@@ -56,6 +56,26 @@ def test_plan_refuses_repeated_arms_and_seeds(tmp_path):
         study.plan(base, [study.parse_arm("dml")], [1, 1], str(tmp_path))
 
 
+def test_plan_resolves_a_teacher_from_an_earlier_arm_of_the_same_seed(tmp_path):
+    base = cfg.TrainConfig(dataset="digits", nets=("tiny_cnn", "resnet20"))
+    arms = [study.parse_arm("independent"),
+            study.parse_arm("distill:mode=distill;teacher=@independent:0")]
+    runs = study.plan(base, arms, [3, 5], str(tmp_path))
+    distill = [run for run in runs if run.arm == "distill"]
+    assert [run.config.teacher for run in distill] == [
+        (os.path.join(str(tmp_path), "independent", f"seed_{seed}", "member_0.keras"),)
+        for seed in (3, 5)]
+    assert [run.config.model_dir for run in runs] == [
+        os.path.join(str(tmp_path), arm, f"seed_{seed}")
+        for seed in (3, 5) for arm in ("independent", "distill")]
+    for arm_specs, words in [(["distill:mode=distill;teacher=@independent:0", "independent"],
+                              "names no earlier arm"),
+                             (["independent", "distill:mode=distill;teacher=@independent"],
+                              "must be @ARM:K")]:
+        with pytest.raises(cfg.ConfigError, match=words):
+            study.plan(base, [study.parse_arm(spec) for spec in arm_specs], [0], str(tmp_path))
+
+
 def _base(**overrides):
     settings = dict(dataset="digits", nets=("tiny_cnn", "tiny_cnn"), epochs=2, steps_per_epoch=2,
                     batch_size=16, train_per_class=6, verbose=0, validation_freq=2)
