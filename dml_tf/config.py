@@ -142,7 +142,9 @@ class TrainConfig:
     image_size: Optional[Sequence[int]] = setting(None, "H,W network input (Market-1501, ImageNet; "
                                                   "folder: every image resized to it).",
                                                   range=POSITIVE)
-    pretrained: Optional[str] = setting(None, "'imagenet' or a weights file for the members.")
+    pretrained: Optional[str] = setting(None, "'imagenet' (Keras' ImageNet weights for every member "
+                                        "that has them: keras:NAME, mobilenet; the others from "
+                                        "scratch) or a weights file for the members.")
     bn_momentum: Optional[float] = setting(None, "Batch-norm momentum (= TF-slim decay) of every "
                                            "member; default each net's own: 0.9997 for mobilenet / "
                                            "inception_v1 (TF-slim), 0.9 else.", range=UNIT)
@@ -251,6 +253,15 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in values.items() if k not in RUN_ONLY_FIELDS}
+
+    def member_pretrained(self):
+        """Each member's ``pretrained``: ``imagenet`` for the members whose network has
+        ImageNet weights (``keras:NAME``, ``mobilenet``), the others from scratch (when no
+        member has them, every member gets it and its builder says why not); a weights
+        file for every member."""
+        if self.pretrained != "imagenet" or not any(map(dml_nets.has_imagenet, self.nets)):
+            return [self.pretrained] * len(self.nets)
+        return [self.pretrained if dml_nets.has_imagenet(net) else None for net in self.nets]
 
     def member_mimicry_weight(self):
         """Independent training is the same cohort without the mimicry term."""

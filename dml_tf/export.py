@@ -74,17 +74,19 @@ def preprocessing(results):
     return tuple(recorded["input_shape"]), np.asarray(recorded["mean"]), np.asarray(recorded["std"])
 
 
-def classifier(model_dir, member=None, all_outputs=False):
+def classifier(model_dir, member=None, all_outputs=False, any_size=True):
     """The run in ``model_dir`` as one Keras model from raw images to probabilities: the
     ensemble (``member=None``), member ``member``, or with ``all_outputs`` a list
-    ``[ensemble, member 0, member 1, ...]``."""
+    ``[ensemble, member 0, member 1, ...]``. ``any_size=False``: images of the members'
+    input size only, no ``Resizing`` (TensorFlow Lite)."""
     results, entries = run_dir.read_run(model_dir)
     shape, mean, std = preprocessing(results)
     members = [portable(run_dir.load_member(m["path"])) for m in entries]
     if member is not None and not 0 <= member < len(members):
         raise ValueError(f"member must be in [0, {len(members)}); the run has {len(members)} members.")
-    images = keras.Input(shape=(None, None, shape[-1]), name="images")
-    x = keras.layers.Resizing(shape[0], shape[1], interpolation="bilinear", name="resize")(images)
+    images = keras.Input(shape=(None, None, shape[-1]) if any_size else shape, name="images")
+    x = keras.layers.Resizing(shape[0], shape[1], interpolation="bilinear", name="resize")(images) \
+        if any_size else images
     x = keras.layers.Rescaling(1.0 / 255, name="to_unit_range")(x)
     x = keras.layers.Normalization(mean=mean.tolist(), variance=(std ** 2).tolist(), name="standardize")(x)
     probs = [keras.layers.Softmax(name=f"probabilities_{k}")(m(x)) for k, m in enumerate(members)]

@@ -47,6 +47,41 @@ def atomic_write_bytes(path, data):
         raise
 
 
+def atomic_output(path, write):
+    """``write(tmp)`` writes a file or a folder at a temporary path beside ``path`` (same
+    name, so the same suffix, after ``.tmp_``), which then replaces ``path``: a file by an
+    atomic rename, a folder by two (the old one is moved aside, then removed). A failure
+    leaves ``path`` as it was and no temporary file."""
+    import shutil
+
+    def remove(p):
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp, old = os.path.join(parent, f".tmp_{name}"), os.path.join(parent, f".old_{name}")
+    try:
+        for leftover in (tmp, old):
+            remove(leftover)
+        write(tmp)
+        if os.path.isdir(tmp) and os.path.isdir(path):
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+        else:
+            os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, old):
+            remove(leftover)
+
+
 def fsync_file(path):
     """Flushes a file written by someone else (e.g. h5py) to disk before it is relied on."""
     fd = os.open(path, os.O_RDONLY)

@@ -3,6 +3,8 @@ r"""Classifies images with a trained run, or exports it as one Keras model.
     python -m dml_tf.predict --model_dir=runs/mine_dml photo.jpg more_photos/
     python -m dml_tf.predict --model_dir=runs/mine_dml --members --top_k=3 --output=preds.csv photos/
     python -m dml_tf.predict --model_dir=runs/mine_dml --export=classifier.keras
+    python -m dml_tf.predict --model_dir=runs/mine_dml --export=classifier_savedmodel
+    python -m dml_tf.predict --model_dir=runs/mine_dml --export=member.tflite --quantize=int8
 
 For every image (files, or folders searched recursively for .jpg, .jpeg, .png, .bmp,
 .gif), prints the ``--top_k`` classes, by name, with their probabilities under the
@@ -14,7 +16,10 @@ resized to the members' input size) and standardised as in training.
 ``--export=FILE.keras`` writes one self-contained Keras model of the ensemble (or of
 member ``--export_member``) that takes raw images of any size, 0-255
 (:mod:`dml_tf.export`): ``keras.models.load_model(FILE).predict(images)`` works without
-dml_tf.
+dml_tf. ``--export=DIR`` (a folder) writes it as a TensorFlow SavedModel with a serving
+signature (uint8 images in; probabilities, class index and class name out);
+``--export=FILE.tflite`` one member (``--export_member``, default the smallest) as
+TensorFlow Lite, float32, or full-integer with ``--quantize=int8`` (:mod:`dml_tf.deploy`).
 """
 
 import csv
@@ -33,8 +38,13 @@ def define_flags():
     cli_flags.define("integer", "top_k", 5, "Classes shown per image.")
     cli_flags.define("bool", "members", False, "Also show every member's top classes.")
     cli_flags.define("string", "output", None, "Write the predictions to this .csv or .json file.")
-    cli_flags.define("string", "export", None, "Write the run as one Keras model (.keras) taking raw images.")
-    cli_flags.define("integer", "export_member", None, "With --export: that member instead of the ensemble.")
+    cli_flags.define("string", "export", None, "Write the run taking raw images: FILE.keras (one Keras "
+                     "model), DIR (a TensorFlow SavedModel with a serving signature) or FILE.tflite "
+                     "(TensorFlow Lite, one member).")
+    cli_flags.define("integer", "export_member", None, "With --export: that member instead of the ensemble "
+                     "(.tflite: default the smallest member).")
+    cli_flags.define("enum", "quantize", None, ["int8"], "With --export=FILE.tflite: full-integer "
+                     "quantisation, calibrated on the run's training images.")
     cli_flags.define("integer", "batch_size", 64, "Images per prediction batch.")
 
 
@@ -126,19 +136,28 @@ def format_predictions(predictions, members):
     return "\n".join(lines)
 
 
-def export_model(model_dir, path, member=None):
-    """Writes :func:`dml_tf.export.classifier` to ``path`` (.keras) atomically."""
-    from dml_tf import export
+def export_model(model_dir, path, member=None, quantize=None):
+    """Writes the run to ``path``: a .keras file (:func:`dml_tf.export.classifier`), a .tflite
+    file (:func:`dml_tf.deploy.tflite`) or a SavedModel folder (:func:`dml_tf.deploy.saved_model`),
+    atomically. Returns what was written, in words."""
+    from dml_tf import deploy, export
+    from dml_tf.io_utils import atomic_output
 
-    if not path.endswith(".keras"):
-        raise ValueError(f"--export must end in .keras; got {path}.")
-    model = export.classifier(model_dir, member=member)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp_{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
-    return model
+    if quantize is not None and not path.endswith(".tflite"):
+        raise ValueError(f"--quantize needs --export=FILE.tflite; got {path}.")
+    if path.endswith(".tflite"):
+        chosen, size = deploy.tflite(model_dir, path, member=member, quantize=quantize)
+        kind = "full-integer (int8)" if quantize else "float32"
+        return (f"member {chosen}{' (the smallest by parameter count)' if member is None else ''}, "
+                f"TensorFlow Lite {kind}, {size / 1e6:.2f} MB")
+    if path.endswith(".keras"):
+        atomic_output(path, export.classifier(model_dir, member=member).save)
+        return "Keras model"
+    if not deploy.is_saved_model_path(path):
+        raise ValueError(f"--export must be FILE.keras, FILE.tflite or a folder (a name without a file "
+                         f"extension) for a TensorFlow SavedModel; got {path}.")
+    deploy.saved_model(model_dir, path, member=member)
+    return "TensorFlow SavedModel (serving signature: uint8 images in; probabilities, class_index, class_name out)"
 
 
 def main(argv):
@@ -147,16 +166,23 @@ def main(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required: the folder of a finished run.")
     if len(argv) < 2 and not FLAGS.export:
-        raise app.UsageError("Name images or folders to classify, or pass --export=FILE.keras.")
-    if FLAGS.export_member is not None and not FLAGS.export:
-        raise app.UsageError("--export_member needs --export=FILE.keras.")
+        raise app.UsageError("Name images or folders to classify, or pass --export=FILE.keras, DIR or "
+                             "FILE.tflite.")
+    for flag in ("export_member", "quantize"):
+        if FLAGS[flag].value is not None and not FLAGS.export:
+            raise app.UsageError(f"--{flag} needs --export.")
     if FLAGS.output and not FLAGS.output.endswith((".csv", ".json")):
         raise app.UsageError(f"--output must end in .csv or .json; got {FLAGS.output}.")
     try:
         if FLAGS.export:
-            export_model(FLAGS.model_dir, FLAGS.export, FLAGS.export_member)
+            what = export_model(FLAGS.model_dir, FLAGS.export, FLAGS.export_member, FLAGS.quantize)
             which = "the ensemble" if FLAGS.export_member is None else f"member {FLAGS.export_member}"
-            print(f"Wrote {FLAGS.export}: {which}, raw images (any size, 0-255) in, class probabilities out.")
+            if FLAGS.export.endswith(".tflite"):
+                print(f"Wrote {FLAGS.export}: {what}; images of the members' input size in, class "
+                      "probabilities out.")
+            else:
+                print(f"Wrote {FLAGS.export}: {which}, {what}; raw images (any size, 0-255) in, class "
+                      "probabilities out.")
         if len(argv) > 1:
             predictions = predict(FLAGS.model_dir, argv[1:], FLAGS.top_k, FLAGS.batch_size)
             print(format_predictions(predictions, FLAGS.members))

@@ -134,8 +134,10 @@ class EpochTable(keras.callbacks.Callback):
 def describe_run(config, members, train_count, test_count, steps_per_epoch):
     """The banner of a run: what is trained, on what, and how (a few lines)."""
     k = len(members)
-    names = ", ".join(f"{m.name} ({net}{'' if m.trainable else ', frozen teacher'})"
-                      for m, net in zip(members, config.nets))
+    start = {"imagenet": ", ImageNet weights", None: ""}
+    names = ", ".join(f"{m.name} ({net}{start.get(p, ', initial weights from a file')}"
+                      f"{'' if m.trainable else ', frozen teacher'})"
+                      for m, net, p in zip(members, config.nets, config.member_pretrained()))
     step = config.step_batch_size()
     batch = f"{step} ({config.batch_size} per member)" if step != config.batch_size else f"{step}"
     lines = [f"Training {k} member{'s' if k > 1 else ''} on {config.dataset}: {train_count} training "

@@ -14,6 +14,7 @@ from dml_tf import analysis
 from dml_tf import checkpoint
 from dml_tf import data as dml_data
 from dml_tf import nets as dml_nets
+from dml_tf.nets import keras_apps
 from dml_tf import reporting
 from dml_tf import run_dir
 from dml_tf.compare import save_test_predictions
@@ -144,10 +145,19 @@ def labeled_only(dataset, batch_size):
 
 def build_members(config, bundle):
     """Fresh members for ``config.nets`` (different seeds: "initialise to different
-    conditions", Algorithm 1); in distill mode the teachers are loaded and frozen."""
+    conditions", Algorithm 1); in distill mode the teachers are loaded and frozen. A
+    pretrained ``keras:NAME`` member gets the data's standardisation, to undo it before its
+    application's own ``preprocess_input`` (:mod:`dml_tf.nets.keras_apps`)."""
     members = []
     teachers = list(config.teacher) if config.mode == "distill" else []
     net_options = {} if config.bn_momentum is None else {"bn_momentum": config.bn_momentum}
+    pretrained = config.member_pretrained()
+    if any(p is not None and keras_apps.is_application(net) for p, net in zip(pretrained, config.nets)):
+        scale = dml_data.standardisation(bundle)
+        if scale is None:
+            raise ConfigError(f"--pretrained with a keras:NAME member needs to know how --dataset="
+                              f"{config.dataset} scales its images, and its loader does not say.")
+        net_options["input_standardisation"] = scale
     for k, net in enumerate(config.nets):
         if k < len(teachers):
             path = teachers[k]
@@ -160,7 +170,7 @@ def build_members(config, bundle):
         members.append(dml_nets.build(
             net, num_classes=bundle.num_classes, input_shape=bundle.input_shape,
             weight_decay=config.weight_decay, seed=config.seed * 1000 + k,
-            name=f"{re.sub(r'[^A-Za-z0-9_.]', '_', net)}_{k}", pretrained=config.pretrained,
+            name=f"{re.sub(r'[^A-Za-z0-9_.]', '_', net)}_{k}", pretrained=pretrained[k],
             **net_options))
     return members
 

@@ -27,7 +27,7 @@ from dml_tf import analysis, checkpoint, evaluate, run_dir, runner
 from dml_tf.config import ConfigError
 from dml_tf.errors import RunFileError, RunFolderBusyError
 from dml_tf.health import TrainingHealth, majority_rate
-from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
+from dml_tf.io_utils import atomic_output, atomic_write_bytes, atomic_write_json
 from helpers_data import write_cifar_archive
 from test_train_cli import cifar_dir, run_cli, tiny_config  # noqa: F401  (cifar_dir: fixture)
 
@@ -299,6 +299,33 @@ def test_json_outputs_are_strict_json(tmp_path):
 
     assert json.loads(path.read_text(), parse_constant=refuse) == {
         "mAP": None, "cmc": [None, 0.5], "rank1": 0.25, "n": 3}
+
+
+def test_an_exported_file_or_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    def folder(content, fail=False):
+        def write(tmp):
+            os.makedirs(tmp)
+            with open(os.path.join(tmp, "saved_model.pb"), "w") as f:
+                f.write(content)
+            if fail:
+                raise KeyboardInterrupt
+        return write
+
+    def half_file(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt
+
+    target = tmp_path / "served"
+    atomic_output(target, folder("old"))
+    atomic_output(target, folder("new"))
+    assert (target / "saved_model.pb").read_text() == "new"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_output(target, folder("half", fail=True))
+    assert (target / "saved_model.pb").read_text() == "new"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_output(tmp_path / "m.tflite", half_file)
+    assert sorted(os.listdir(tmp_path)) == ["served"]  # no temporary file or folder left
 
 
 def _zip_without_config(path):

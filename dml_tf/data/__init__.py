@@ -7,7 +7,7 @@ Each loader returns a :class:`DatasetBundle`. Modules are imported on first use,
 import importlib
 import inspect
 
-from dml_tf.data.base import DatasetBundle
+from dml_tf.data.base import DatasetBundle, standardisation
 
 # name -> (module, function, fixed keyword arguments)
 _LOADERS = {
@@ -56,4 +56,4 @@ def load(name, **kwargs):
     return loader(**fixed, **kwargs)
 
 
-__all__ = ["DatasetBundle", "load", "names", "parameters"]
+__all__ = ["DatasetBundle", "load", "names", "parameters", "standardisation"]

@@ -5,6 +5,9 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+SIGNED_UNIT_RANGE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+"""The ``standardisation`` of images scaled to [-1, 1] (ImageNet, Market-1501)."""
+
 
 @dataclasses.dataclass
 class DatasetBundle:
@@ -30,3 +33,13 @@ class DatasetBundle:
     info: Any = None
     labeled_size: Optional[int] = None
 
+
+
+def standardisation(bundle):
+    """``(mean, std)`` per channel with which ``bundle``'s images were made from RGB pixels:
+    ``image = (pixels / 255 - mean) / std``; the training images' statistics
+    (``extras["mean"]``, ``["std"]``), else the loader's fixed ``extras["standardisation"]``,
+    else None."""
+    if bundle.extras.get("mean") is not None:
+        return bundle.extras["mean"], bundle.extras["std"]
+    return bundle.extras.get("standardisation")

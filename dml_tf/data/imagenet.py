@@ -35,7 +35,7 @@ import os
 import tensorflow as tf
 
 from dml_tf.data import augment, pipeline
-from dml_tf.data.base import DatasetBundle
+from dml_tf.data.base import SIGNED_UNIT_RANGE, DatasetBundle
 from dml_tf.errors import DataError, DatasetNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ def load(
         input_shape=(image_size, image_size, 3),
         train_size=_split_size(builder, "train", raw_train),
         test_size=_split_size(builder, "validation", raw_test),
-        extras={"labeled_fraction": fraction, "eval_resize": eval_resize_size(image_size)},
+        extras={"labeled_fraction": fraction, "eval_resize": eval_resize_size(image_size),
+                "standardisation": SIGNED_UNIT_RANGE},
         info=builder.info,
     )

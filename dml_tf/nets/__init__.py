@@ -19,7 +19,7 @@ import functools
 from dml_tf.nets.inception import inception_v1
 from dml_tf.nets.mobilenet import mobilenet_v1
 from dml_tf.nets.pretrained import PretrainedWeightsError, load_backbone_weights
-from dml_tf.nets.registry import build, names, register
+from dml_tf.nets.registry import build, has_imagenet, names, register
 from dml_tf.nets.resnet import cifar_resnet
 from dml_tf.nets.tiny import tiny_cnn
 from dml_tf.nets.wide_resnet import wrn
@@ -46,6 +46,7 @@ del _depth, _width
 __all__ = [
     "build",
     "names",
+    "has_imagenet",
     "register",
     "cifar_resnet",
     "wrn",

@@ -10,14 +10,22 @@ kernel) and ``bn_momentum`` sets their momentum. ``pretrained="imagenet"`` loads
 (from ``~/.keras/models/`` or downloaded); a weights file is given to the application
 as its ``weights`` (a no-top file of that application).
 
-The members see the images as the pipeline makes them (standardised per channel), not
-the input scaling the application was pretrained with: fine-tuning adapts, but expect
-a slower start than with the application's own ``preprocess_input``.
+A pretrained member (``pretrained`` set) is fed as its application was trained: two
+fixed layers in front of the backbone, saved with the member, take the images the
+pipeline makes (standardised per channel with ``input_standardisation``, the run's
+mean and std) back to RGB pixels 0-255 (``pixels``, Keras' ``Normalization`` inverted)
+and apply the application's own ``keras.applications.<module>.preprocess_input``
+(``preprocess_input``, a frozen per-channel affine ``Dense``: caffe-style BGR mean
+subtraction for VGG / ResNet, [-1, 1] for MobileNet / Inception / Xception / NASNet /
+ResNetV2, ImageNet mean and std for DenseNet; absent for EfficientNet(V2), ConvNeXt
+and MobileNetV3, which rescale inside). A member trained from scratch
+sees the standardised images as they are.
 """
 
 import re
 
 import keras
+import numpy as np
 
 from dml_tf.nets import _common
 from dml_tf.nets import batch_norm
@@ -78,9 +86,49 @@ def _with_fused_batch_norm(backbone):
         if type(layer) is keras.layers.BatchNormalization else None))
 
 
+def preprocess_input_map(spec):
+    """``(kernel, bias)`` with ``preprocess_input(x) == x @ kernel + bias`` for RGB pixels
+    ``x`` (0-255, last axis) under the application's own ``preprocess_input``; None where
+    it is the identity. Read off the function itself (the images of the unit pixels), then
+    checked on random pixels."""
+    module = getattr(keras.applications, _constructor(spec)[1].__module__.rsplit(".", 1)[-1])
+    probe = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)])[None, None]  # (1, 1, 4, 3)
+    out = np.asarray(module.preprocess_input(probe.copy()), np.float64)[0, 0]
+    bias, kernel = out[0], (out[1:] - out[0]) / 255.0
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 2, 5, 3))
+    if not np.allclose(np.asarray(module.preprocess_input(pixels.copy()), np.float64), pixels @ kernel + bias,
+                       atol=1e-4):
+        raise ValueError(f"{spec}: preprocess_input is not a per-channel affine map of the pixels")
+    if np.allclose(kernel, np.eye(3)) and np.allclose(bias, 0):
+        return None
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def pretrained_input(spec, images, input_standardisation):
+    """``images`` (standardised with ``input_standardisation`` = per-channel ``(mean, std)``
+    of pixels / 255; None: already RGB pixels 0-255) as ``spec``'s application was trained
+    on them: back to pixels, then its ``preprocess_input`` (see the module docstring)."""
+    x = images
+    if input_standardisation is not None:
+        mean, std = (np.asarray(v, np.float64).reshape(-1) for v in input_standardisation)
+        if mean.shape != (3,) or std.shape != (3,) or not np.all(std > 0):
+            raise ValueError("input_standardisation must be (mean, std), 3 values each, std > 0; "
+                             f"got {input_standardisation!r}")
+        x = keras.layers.Normalization(mean=(255 * mean).tolist(), variance=((255 * std) ** 2).tolist(),
+                                       invert=True, dtype="float32", name="pixels")(x)
+    affine = preprocess_input_map(spec)
+    if affine is not None:
+        layer = keras.layers.Dense(3, trainable=False, dtype="float32", name="preprocess_input")
+        x = layer(x)
+        layer.set_weights(list(affine))
+    return x
+
+
 def build(spec, num_classes, input_shape=(224, 224, 3), weight_decay=0.0, seed=None, name=None,
-          pretrained=None, bn_momentum=None):
-    """``keras:NAME`` as a dml_tf network (see the module docstring)."""
+          pretrained=None, bn_momentum=None, input_standardisation=None):
+    """``keras:NAME`` as a dml_tf network (see the module docstring); ``input_standardisation``:
+    with ``pretrained``, the per-channel ``(mean, std)`` (pixels / 255) the images it is given
+    are standardised with (None: they come as RGB pixels 0-255)."""
     num_classes, input_shape, weight_decay, seed = _common.check_args(num_classes, input_shape, weight_decay, seed)
     if pretrained == "imagenet" and input_shape[-1] != 3:
         raise ValueError(f"pretrained='imagenet' needs RGB images: input_shape must end in 3, got {input_shape}")
@@ -98,5 +146,6 @@ def build(spec, num_classes, input_shape=(224, 224, 3), weight_decay=0.0, seed=N
                 if hasattr(layer, attribute):
                     setattr(layer, attribute, f.regularizer)
     inputs = _common.images_input(input_shape)
-    logits = f.head(backbone(inputs), num_classes)
+    x = inputs if pretrained is None else pretrained_input(spec, inputs, input_standardisation)
+    logits = f.head(backbone(x), num_classes)
     return keras.Model(inputs, logits, name=name or spec[len(PREFIX):].lower())

@@ -16,6 +16,12 @@ def register(arch, builder, imagenet=None):
     _BUILDERS[arch] = (builder, imagenet)
 
 
+def has_imagenet(arch):
+    """Whether ``pretrained="imagenet"`` has a source for network ``arch`` (every
+    ``keras:NAME``; a registered network given an ``imagenet`` source)."""
+    return keras_apps.is_application(arch) or (arch in _BUILDERS and _BUILDERS[arch][1] is not None)
+
+
 def names():
     """Sorted names of the registered networks."""
     return sorted(_BUILDERS)
@@ -30,6 +36,7 @@ def build(
     seed=None,
     name=None,
     pretrained=None,
+    input_standardisation=None,
     **kwargs,
 ):
     """Builds network ``arch``: a functional keras.Model from float32 NHWC images to logits.
@@ -51,6 +58,10 @@ def build(
       pretrained: None, "imagenet" (mobilenet: Keras' ImageNet weights; inception_v1: an
         error asking for a local file) or a path to a .weights.h5 / .h5 file, loaded by
         layer name into the backbone (see ``dml_tf.nets.pretrained``).
+      input_standardisation: for a pretrained ``keras:NAME``, the per-channel ``(mean, std)``
+        (of pixels / 255) the images it will be given are standardised with: it maps them
+        back to pixels and applies the application's ``preprocess_input`` inside the model
+        (None: the images come as RGB pixels 0-255). Other networks ignore it.
       **kwargs: architecture options (e.g. ``small_input``, ``dropout``; every network takes
         ``bn_momentum``, None for its own default).
     """
@@ -59,7 +70,7 @@ def build(
             pretrained = _pretrained.check_path(pretrained)
         return keras_apps.build(arch, num_classes=num_classes, input_shape=input_shape,
                                 weight_decay=weight_decay, seed=seed, name=name, pretrained=pretrained,
-                                **kwargs)
+                                input_standardisation=input_standardisation, **kwargs)
     if not isinstance(arch, str) or arch not in _BUILDERS:
         raise ValueError(f"unknown network {arch!r}; known networks: {', '.join(names())}, or "
                          f"keras:NAME for a Keras application (keras:MobileNetV2, keras:ResNet50, ...)")

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from dml_tf.data import pipeline
-from dml_tf.data.base import DatasetBundle
+from dml_tf.data.base import SIGNED_UNIT_RANGE, DatasetBundle
 from dml_tf.data.market1501.names import FOLDERS, REQUIRED_SPLITS, check_data_dir, list_folders
 from dml_tf.data.market1501.preprocessing import DEFAULT_IMAGE_SIZE, parse_image_size, preprocess
 from dml_tf.data.market1501.splits import eval_split, train_labels
@@ -190,8 +190,9 @@ def load(
       input_shape=(H, W, 3), train_size=..., extras={"query", "gallery"[, "gt_bbox"]})``:
       ``train`` is one epoch of shuffled, flipped ``(images, labels)`` batches;
       each extra is a :class:`Market1501Split`, but ``train_labels`` (the label of every
-      training image, in stored order; -1 unlabeled). ``gt_bbox`` is absent when its folder
-      (or records) are, and multi-query evaluation is then unavailable. ``info``
+      training image, in stored order; -1 unlabeled) and ``standardisation`` (images in
+      [-1, 1]). ``gt_bbox`` is absent when its folder (or records) are, and multi-query
+      evaluation is then unavailable. ``info``
       holds the original id of every label (``train_ids``), the labeled ids, counts of
       dropped junk/distractor training images and the source.
 
@@ -215,7 +216,8 @@ def load(
     )
     keep = train.ids > 0
     train_dataset = _train_dataset(train, opened.shards["train"], keep, labels[keep], image_size, batch_size, seed)
-    extras = {**_eval_splits(opened, image_size, eval_batch_size), "train_labels": labels[keep]}
+    extras = {**_eval_splits(opened, image_size, eval_batch_size), "train_labels": labels[keep],
+              "standardisation": SIGNED_UNIT_RANGE}
     info = {
         **_source_info(opened),
         "train_ids": class_ids,
