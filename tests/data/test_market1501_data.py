@@ -99,7 +99,8 @@ def test_load_folders(market):
         flipped.append(any(mirrored))
     assert 0 < sum(flipped) < len(flipped)
     # evaluation splits: fixed order, unaugmented
-    assert set(bundle.extras) == {"query", "gallery", "gt_bbox", "train_labels"}
+    assert set(bundle.extras) == {"query", "gallery", "gt_bbox", "train_labels", "standardisation"}
+    assert bundle.extras["standardisation"] == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # images in [-1, 1]
     for split in ("query", "gallery", "gt_bbox"):
         extra = bundle.extras[split]
         assert list(extra.filenames) == written[split]
@@ -191,7 +192,7 @@ def test_parent_folder_gets_a_hint(tmp_path):
 def test_missing_gt_bbox_only_disables_multi_query(tmp_path):
     helpers_market.write_market1501(tmp_path, gt_bbox=False)
     bundle = market1501.load(str(tmp_path), image_size=SIZE)
-    assert set(bundle.extras) == {"query", "gallery", "train_labels"} and not bundle.info["multi_query"]
+    assert set(bundle.extras) == {"query", "gallery", "train_labels", "standardisation"} and not bundle.info["multi_query"]
 
 
 def test_unparsable_names_fail_or_are_skipped(tmp_path):
