@@ -216,6 +216,43 @@ def test_study_on_a_folder_of_images(tmp_path):
         assert results["dataset"]["train_size"] == 12 and results["dataset"]["num_classes"] == 3
         assert 0.0 <= results["ensemble_test_accuracy"] <= 1.0
     assert "folder" in (tmp_path / "s" / "study.md").read_text()
+    saw = json.loads((tmp_path / "s" / "study.json").read_text())["runs"][0]["data"]
+    assert saw["dataset"] == "folder" and saw["train_images"] == 12 and len(saw["train_labels"]) == 16
+    # The same study on other images (or on the folder after images were added, which moves
+    # the split) must not reuse these runs.
+    helpers_images.write_digit_folder(str(tmp_path / "more"), per_class=12, classes=range(3))
+    with pytest.raises(cfg.ConfigError) as error:
+        study.run_study(dataclasses.replace(base, data_dir=str(tmp_path / "more")),
+                        [study.parse_arm("independent"), study.parse_arm("dml")], [0],
+                        str(tmp_path / "s"), log=lambda line: None)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 's' / 'independent' / 'seed_0'} holds a finished run trained "
+                              f"on other data (--data_dir: {tmp_path / 'images'} in the run, "
+                              f"{tmp_path / 'more'} now): ")
+    assert "test images: 6 in the run, 9 now" in message
+    helpers_images.write_digit_folder(str(tmp_path / "images"), per_class=12, classes=range(3))
+    with pytest.raises(cfg.ConfigError, match="holds a finished run trained on other data: test images: 6"):
+        study.run_study(base, [study.parse_arm("independent")], [0], str(tmp_path / "s"), log=lambda line: None)
+
+
+def test_a_diverging_run_is_recorded_and_the_study_goes_on(tmp_path):
+    """A run whose loss becomes NaN stops neither the study nor its restart: it is an
+    outcome of its arm, named in the report, and not trained again."""
+    arms = [study.parse_arm("independent"), study.parse_arm("dml:mode=dml;learning_rate=1e30")]
+    base = _base(epochs=1, steps_per_epoch=1, validation_freq=1)
+    lines = []
+    report = study.run_study(base, arms, [0], str(tmp_path), log=lines.append)
+    assert report["finished_runs"] == 1 and report["diverged_runs"] == 1
+    assert report["diverged"][0]["error"].startswith("Training diverged in epoch 1")
+    assert any(line.startswith("[diverged]") for line in lines)
+    assert "dml, seed 0: diverged (Training diverged in epoch 1" in (tmp_path / "study.md").read_text()
+    lines.clear()
+    again = study.run_study(base, arms, [0], str(tmp_path), log=lines.append)
+    assert again["diverged_runs"] == 1 and not any(line.startswith("Training ") for line in lines)
+    assert any("diverged earlier" in line for line in lines)
+    with pytest.raises(cfg.ConfigError, match="holds a run that diverged with other settings"):
+        study.run_study(base, [arms[0], study.parse_arm("dml:mode=dml;learning_rate=1e20")], [0],
+                        str(tmp_path), log=lines.append)
 
 
 def test_verdict_sentences():
@@ -381,6 +418,8 @@ def test_target_halfwidth_adds_seeds_until_every_interval_is_narrow(tmp_path, mo
         _write_run(run, [acc, acc], acc, parameters=(1, 1))
 
     monkeypatch.setattr(study, "train_run", fake_train)
+    monkeypatch.setattr(study_report, "write", lambda runs, study_dir, baseline, log=None, **kw:
+                        study_report.build(runs, baseline, kw["focus_member"], kw["target"]))
     base = cfg.TrainConfig(dataset="cifar10", nets=("resnet32", "resnet32"))
     arms = [study.parse_arm("independent"), study.parse_arm("dml")]
     # Differences 9, 11, 9, 11, ... points: sd(3) = 1.155 -> half-width 2.87; sd(4) = 1.155 -> 1.84;
@@ -398,3 +437,13 @@ def test_target_halfwidth_adds_seeds_until_every_interval_is_narrow(tmp_path, mo
                           ({"target_halfwidth": 1.0, "max_seeds": 2}, "fewer than the 3 seeds")]:
         with pytest.raises(cfg.ConfigError, match=words):
             study.run_study(base, arms, [0, 1, 2], str(tmp_path), **kwargs)
+
+
+def test_train_line_names_mixed_nets_as_they_are(tmp_path, monkeypatch):
+    from dml_tf import runner
+
+    monkeypatch.setattr(runner, "run", lambda config, log: {})
+    for nets, words in [(("mobilenet", "resnet32"), "mobilenet, resnet32,"), (("resnet32",) * 2, "2 x resnet32,")]:
+        lines = []
+        runner.run_or_reuse(cfg.TrainConfig(dataset="digits", nets=nets, model_dir=str(tmp_path)), log=lines.append)
+        assert lines == [f"[train] {tmp_path}: {words} mode=dml, mimicry=kl, seed=0"]
