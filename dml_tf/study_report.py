@@ -544,7 +544,7 @@ def figure(report):
             curves.plot(x, y, "-o", markersize=2, color=colours[e["arm"]], alpha=0.8, label=label)
     curves.set(xlabel="epoch", ylabel="test accuracy (%, member mean)",
                title="Test accuracy per epoch, every seed")
-    if any(e["test_accuracy_curve"] for e in report["runs"]):
+    if curves.get_legend_handles_labels()[0]:
         curves.legend(fontsize=8)
     ticks, names = [], []
     for p, pair in enumerate(pairs):
