@@ -179,16 +179,27 @@ def check_data(state, data, backup_dir):
     saved = state.get("data")
     if saved is None:
         return False
-    differences = [(name, saved.get(name), value) for name, value in data.items()
-                   if name in saved and saved[name] != value]
+    differences = data_differences(saved, data)
     if differences:
-        listed = "; ".join(f"{DATA_NAMES.get(name, name)}: {_flag(old)} in the checkpoint, "
-                           f"{_flag(new)} now" for name, old, new in differences)
+        listed = describe_data_differences(differences, "the checkpoint")
         raise ConfigError(
             f"{backup_dir} holds an interrupted run (epoch {state['epoch']}) trained on other "
             f"data: {listed}. Resume with the data it was trained on (the same --data_dir), "
             f"or {_START_AFRESH}.")
     return True
+
+
+def data_differences(saved, data):
+    """``[(name, saved value, current value)]`` of the entries of two data records
+    (``runner.data_record``) that differ; an entry only one of them records is not compared."""
+    return [(name, saved[name], value) for name, value in data.items()
+            if name in saved and saved[name] != value]
+
+
+def describe_data_differences(differences, where):
+    """``training images: OLD in WHERE, NEW now; ...`` for :func:`data_differences`' list."""
+    return "; ".join(f"{DATA_NAMES.get(name, name)}: {_flag(old)} in {where}, {_flag(new)} now"
+                     for name, old, new in differences)
 
 
 def describe_differences(differences, where):

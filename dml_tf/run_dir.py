@@ -15,6 +15,8 @@
                  ensemble, fit to the training images, class names, wall time.
   eval.json      Market-1501 retrieval scores, written by ``python -m dml_tf.evaluate``
                  (with features_memberK.npz and cmc.png).
+  diverged.json  written by ``dml_tf.study`` when the run diverged (NaN): the error and
+                 the training settings; the study counts the run as diverged and goes on.
   .lock          held (``fcntl.flock``) by the run training in the folder, with its
                  process id: a second run there stops at once (:func:`exclusive`).
 
@@ -37,6 +39,7 @@ from dml_tf.io_utils import atomic_write_json, read_json
 
 RESULTS_FILE = "results.json"
 EVAL_FILE = "eval.json"
+DIVERGED_FILE = "diverged.json"
 PREDICTIONS_FILE = "test_predictions.npz"
 BACKUP_DIR = "backup"
 LOGS_DIR = "logs"
@@ -46,7 +49,7 @@ _MEMBER_FILE = re.compile(r"member_(\d+)\.keras")
 # The files a run (dml_tf.train, then dml_tf.evaluate) writes at the top of its folder,
 # and the temporary files an interrupted atomic write of one leaves (io_utils, save_members).
 _OUTPUT_FILE = re.compile(
-    r"(results\.json|eval\.json|test_predictions\.npz|cmc\.png|member_\d+\.keras|"
+    r"(results\.json|eval\.json|diverged\.json|test_predictions\.npz|cmc\.png|member_\d+\.keras|"
     r"features_member\d+\.npz)")
 _OUTPUT_TEMP = re.compile(r"(\.tmp_member_\d+\.keras|\.(" + _OUTPUT_FILE.pattern + r").*\.tmp)")
 _LOG_RUN = re.compile(r"(member_\d+|ensemble)")
@@ -160,7 +163,7 @@ def _floats(values):
 
 
 def make_results(config, bundle, members, history, epochs_run, test, wall_time, training_fit=(),
-                 optimizer_changes=()):
+                 optimizer_changes=(), data=None):
     """results.json's dict: ``config`` (a resolved TrainConfig), the data ``bundle``'s
     sizes and class names, its ``preprocessing`` (input shape; per-channel mean and std
     of the standardisation, None where the loader has its own), the ``members`` (Keras
@@ -170,7 +173,9 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time, 
     ``wall_time`` (s) and ``training_fit`` (per member, fit to the unaugmented training
     images: accuracy, cross-entropy, mean posterior entropy; ``runner.training_fit``) and the
     ``optimizer_changes`` of resumes with ``--new_optimizer_settings`` (``[{"epoch", "changed":
-    {name: [old, new]}}]``: ``config`` holds the last settings)."""
+    {name: [old, new]}}]``: ``config`` holds the last settings) and the ``data`` record the run
+    trained on (``runner.data_record``, the one a resume is checked against; a study checks a
+    reused run against it)."""
     return {
         "config": dataclasses.asdict(config),
         "dataset": {"name": bundle.name, "num_classes": bundle.num_classes,
@@ -181,7 +186,8 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time, 
         "validation_epochs": validation_epochs(history),
         "training_fit": list(training_fit),
         "members": [{"index": k, "net": config.nets[k], "name": member.name, "file": member_file(k),
-                     "trainable": bool(member.trainable), "test_accuracy": test.get(f"accuracy_{k}")}
+                     "trainable": bool(member.trainable), "parameters": _parameters(member),
+                     "test_accuracy": test.get(f"accuracy_{k}")}
                     for k, member in enumerate(members)],
         "history": history,
         "epochs_run_this_session": epochs_run,
@@ -189,7 +195,13 @@ def make_results(config, bundle, members, history, epochs_run, test, wall_time, 
         "ensemble_test_accuracy": test.get("ensemble_accuracy"),
         "wall_time_s": wall_time,
         "optimizer_changes": list(optimizer_changes),
+        "data": data,
     }
+
+
+def _parameters(member):
+    count = getattr(member, "count_params", None)
+    return None if count is None else int(count())
 
 
 def validation_epochs(history):
@@ -217,6 +229,18 @@ def read_results(model_dir):
     if not is_finished(model_dir):
         raise RunFileError(f"{model_dir} holds no {RESULTS_FILE}: not a finished dml_tf.train run.")
     return read_json(results_path(model_dir), RETRAIN_HINT.format(run_dir=model_dir))
+
+
+def write_diverged(model_dir, error, settings):
+    """Records (atomically) that the run in ``model_dir`` diverged: ``error`` (the message)
+    and the training ``settings`` it diverged with."""
+    atomic_write_json(os.path.join(model_dir, DIVERGED_FILE), {"error": error, "settings": settings})
+
+
+def read_diverged(model_dir):
+    """The :func:`write_diverged` record of ``model_dir``, None when there is none."""
+    path = os.path.join(model_dir, DIVERGED_FILE)
+    return read_json(path, "Delete it to train the run again.") if os.path.isfile(path) else None
 
 
 def read_eval(model_dir, remedy="Delete it to evaluate the run again."):
@@ -250,8 +274,30 @@ def member_accuracy(results, k):
 
 
 def member_accuracies(results):
-    """Test top-1 accuracy of each member (fractions) of a results.json dict."""
-    return [float(member_accuracy(results, k)) for k in range(len(results.get("members") or []))]
+    """Test top-1 accuracy of each member (fractions) of a results.json dict; None for a
+    member without one (a dataset with no classification test split: Market-1501)."""
+    return [member_accuracy(results, k) for k in range(len(results.get("members") or []))]
+
+
+def frozen_members(results):
+    """Per member of a results.json dict, whether it was frozen (a distill run's teacher:
+    ``"trainable": false``; where a run does not record it, the first ``len(teacher)``
+    members of a ``mode=distill`` run)."""
+    config = results.get("config") or {}
+    teachers = len(config.get("teacher") or ()) if config.get("mode") == "distill" else 0
+    return [not entry["trainable"] if "trainable" in entry else entry["index"] < teachers
+            for entry in member_entries(results)]
+
+
+def data_record(results):
+    """The data record (``runner.data_record``) of a results.json dict; for a run written
+    before results.json recorded it, what its ``"dataset"`` tells (no label fingerprints)."""
+    if results.get("data") is not None:
+        return results["data"]
+    dataset = results.get("dataset") or {}
+    known = {"dataset": dataset.get("name"), "train_images": dataset.get("train_size"),
+             "test_images": dataset.get("test_size"), "classes": dataset.get("num_classes")}
+    return {k: v for k, v in known.items() if v is not None}
 
 
 def list_members(model_dir, results=None):

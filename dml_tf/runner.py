@@ -204,6 +204,21 @@ def training_batches(config, bundle):
     return bundle.train, bundle.train_size
 
 
+def epoch_plan(config, bundle):
+    """``(train dataset, images per pass, batches per pass, steps per epoch)`` of ``config``
+    on ``bundle``."""
+    train, train_count = training_batches(config, bundle)
+    batches_per_pass = math.ceil(train_count / config.step_batch_size())
+    return train, train_count, batches_per_pass, config.steps_per_epoch or batches_per_pass
+
+
+def config_data_record(config):
+    """The :func:`data_record` of what ``config`` would train on (its data loaded)."""
+    bundle = load_data(config)
+    _, train_count, _, steps_per_epoch = epoch_plan(config, bundle)
+    return data_record(bundle, train_count, steps_per_epoch)
+
+
 def build_cohort(config, bundle, steps_per_epoch):
     """The compiled cohort of ``config`` (members, Algorithm 1's settings, one optimizer
     per member with its learning-rate schedule); call it inside the strategy's scope."""
@@ -310,9 +325,7 @@ def _run_holding_the_folder(config, log, callbacks):
     keras.utils.set_random_seed(config.seed)
     strategy = checked_strategy(config)
     bundle = load_data(config)
-    train, train_count = training_batches(config, bundle)
-    batches_per_pass = math.ceil(train_count / config.step_batch_size())
-    steps_per_epoch = config.steps_per_epoch or batches_per_pass
+    train, train_count, batches_per_pass, steps_per_epoch = epoch_plan(config, bundle)
     data = data_record(bundle, train_count, steps_per_epoch)
     checked_data(config, state, data, log)
     with strategy.scope():
@@ -349,7 +362,7 @@ def _run_holding_the_folder(config, log, callbacks):
         # backup.history: every epoch, earlier sessions' included
         results = run_dir.make_results(config, bundle, members, backup.history, len(history.epoch),
                                        test, wall_time, training_fit(members, bundle),
-                                       optimizer_changes=backup.optimizer_changes)
+                                       optimizer_changes=backup.optimizer_changes, data=data)
         run_dir.write_results(config.model_dir, results)
     except OSError as e:  # a full disk, a folder made read-only
         raise OutputError(
@@ -360,25 +373,56 @@ def _run_holding_the_folder(config, log, callbacks):
     return results
 
 
+def describe_nets(nets):
+    """``2 x resnet32`` for a cohort of one network, ``mobilenet, resnet32`` otherwise."""
+    nets = list(nets)
+    return f"{len(nets)} x {nets[0]}" if len(set(nets)) == 1 else ", ".join(nets)
+
+
 def run_or_reuse(config, log=print):
     """:func:`run` unless ``config.model_dir`` already holds a finished run, whose
     results.json is read instead (``RunFileError`` when damaged): a sweep or a study
     started again resumes, an interrupted run included. A finished run trained with other
-    settings is never taken for this one: ConfigError naming each difference."""
+    settings, or on other data (:func:`checked_reuse`), is never taken for this one."""
     if not run_dir.is_finished(config.model_dir):
-        log(f"[train] {config.model_dir}: {len(config.nets)} x {config.nets[0]}, mode={config.mode}, "
+        log(f"[train] {config.model_dir}: {describe_nets(config.nets)}, mode={config.mode}, "
             f"mimicry={config.mimicry}, seed={config.seed}")
         return run(config, log=log)
     results = run_dir.read_results(config.model_dir)
-    saved = {k: v for k, v in (results.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+    checked_reuse(config, results, log)
+    log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
+    return results
+
+
+def check_same_settings(config, saved, what):
+    """ConfigError naming ``config.model_dir`` (which holds ``what``, e.g. "a finished run")
+    and each difference unless the training settings ``saved`` there are ``config``'s."""
+    saved = {k: v for k, v in saved.items() if k not in RUN_ONLY_FIELDS}
     differences = checkpoint.settings_differences(saved, config.resolved().training_settings(),
                                                   default_training_settings(config.dataset))
     if differences:
-        raise ConfigError(f"{config.model_dir} holds a finished run with other settings "
+        raise ConfigError(f"{config.model_dir} holds {what} with other settings "
                           f"({checkpoint.describe_differences(differences, 'the run')}): "
                           "give it the settings of that run, or another output folder.")
-    log(f"[skip] {config.model_dir} is finished; reusing its {RESULTS_FILE}")
-    return results
+
+
+def checked_reuse(config, results, log=print):
+    """ConfigError naming the run and each difference unless the finished run's
+    ``results`` were trained with ``config``'s training settings and on the data
+    ``config`` gives now (:func:`config_data_record`: dataset, image counts, classes,
+    steps, label fingerprints: the record a resume is checked against)."""
+    check_same_settings(config, results.get("config") or {}, "a finished run")
+    recorded = run_dir.data_record(results)
+    differences = checkpoint.data_differences(recorded, config_data_record(config))
+    if differences:
+        old_dir = (results.get("config") or {}).get("data_dir")
+        where = "" if old_dir == config.data_dir else f" (--data_dir: {old_dir} in the run, {config.data_dir} now)"
+        raise ConfigError(f"{config.model_dir} holds a finished run trained on other data{where}: "
+                          f"{checkpoint.describe_data_differences(differences, 'the run')}. Give it "
+                          "the data of that run, or another output folder.")
+    if results.get("data") is None:
+        log(f"{run_dir.results_path(config.model_dir)} was written by an earlier dml_tf: it records "
+            "the dataset's sizes but not its label fingerprints, so only the sizes are checked.")
 
 
 def format_summary(results):

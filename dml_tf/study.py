@@ -20,6 +20,7 @@ evidence without the weights): ``study.json``, ``study.md`` and ``study.png`` (s
 """
 
 import dataclasses
+import math
 import os
 
 from absl import app, flags
@@ -161,24 +162,100 @@ def export_evidence(runs, study_dir, export_dir):
             copy(os.path.join(study_dir, name), os.path.join(export_dir, name))
 
 
-def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print):
-    """Trains (or reuses) every run of the study and writes its report after each; returns
-    the report (:func:`dml_tf.study_report.build`)."""
-    from dml_tf import runner, study_report
+def _teacher_diverged(run):
+    """The folder of the run ``run`` distils from whose training diverged, or None."""
+    from dml_tf import run_dir
 
+    for path in run.config.teacher if run.config.mode == "distill" else ():
+        if run_dir.read_diverged(os.path.dirname(path)) is not None:
+            return os.path.dirname(path)
+    return None
+
+
+def train_run(run, log=print):
+    """Trains (or reuses) one run of the study; on Market-1501 it also has
+    :mod:`dml_tf.evaluate` score it (eval.json, reused when there). A run that diverges is
+    recorded as such (``diverged.json``, :func:`dml_tf.run_dir.write_diverged`) and the
+    study goes on; started again, the study reuses that outcome (settings checked)."""
+    from dml_tf import evaluate, run_dir, runner, study_report
+    from dml_tf.errors import TrainingDivergedError
+
+    config = run.config
+    diverged = run_dir.read_diverged(config.model_dir)
+    if diverged is not None and not run_dir.is_finished(config.model_dir):
+        runner.check_same_settings(config, diverged.get("settings") or {}, "a run that diverged")
+        log(f"[skip] {config.model_dir} diverged earlier ({run_dir.DIVERGED_FILE}): counted as diverged")
+        return
+    teacher = _teacher_diverged(run)
+    if teacher is not None:
+        error = f"not trained: its teacher's run {teacher} diverged"
+        os.makedirs(config.model_dir, exist_ok=True)
+        run_dir.write_diverged(config.model_dir, error, config.resolved().training_settings())
+        log(f"[diverged] {config.model_dir}: {error}")
+        return
+    try:
+        runner.run_or_reuse(config, log=log)
+    except TrainingDivergedError as e:
+        run_dir.write_diverged(config.model_dir, str(e), config.resolved().training_settings())
+        log(f"[diverged] {config.model_dir}: {e} The study goes on; the run counts as diverged.")
+        return
+    if config.dataset in study_report.RETRIEVAL_DATASETS:
+        evaluate.evaluate_or_reuse(config.model_dir, data_dir=config.data_dir, log=log)
+
+
+def check_stopping(seeds, target_halfwidth, max_seeds):
+    """ConfigError unless ``--target_halfwidth`` (points, > 0) and ``--max_seeds`` (at least
+    as many as ``--seeds``) come together or not at all."""
+    if (target_halfwidth is None) != (max_seeds is None):
+        raise cfg.ConfigError("--target_halfwidth and --max_seeds go together: seeds are added until "
+                              "every half-width is at most the target or --max_seeds seeds are done.")
+    if target_halfwidth is not None and not (math.isfinite(target_halfwidth) and target_halfwidth > 0):
+        raise cfg.ConfigError(f"--target_halfwidth must be a positive number of points; got {target_halfwidth}.")
+    if max_seeds is not None and max_seeds < len(seeds):
+        raise cfg.ConfigError(f"--max_seeds={max_seeds} is fewer than the {len(seeds)} seeds of --seeds.")
+
+
+def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print,
+              focus_member=None, target_halfwidth=None, max_seeds=None):
+    """Trains (or reuses) every run of the study and writes its report after each; returns
+    the report (:func:`dml_tf.study_report.build`). With ``target_halfwidth`` (points) and
+    ``max_seeds``, adds seeds (the next integers) until every comparison's 95% half-width is
+    at most ``target_halfwidth`` or ``max_seeds`` seeds are done: the width alone decides,
+    never the sign of a difference or whether it is resolved."""
+    from dml_tf import study_report
+
+    check_stopping(seeds, target_halfwidth, max_seeds)
+    target = study_report.DEFAULT_TARGET if target_halfwidth is None else target_halfwidth / 100
+    seeds = list(seeds)
     runs = plan(base, arms, seeds, study_dir)
     baseline = baseline or arms[0].label
     if baseline not in [arm.label for arm in arms]:
         raise cfg.ConfigError(f"--baseline {baseline!r} is not an arm; the arms are "
                               f"{', '.join(arm.label for arm in arms)}.")
     os.makedirs(study_dir, exist_ok=True)
-    report = None
-    for i, run in enumerate(runs, 1):
-        log(f"[study {i}/{len(runs)}] arm {run.arm}, seed {run.seed}: {run.config.model_dir}")
-        runner.run_or_reuse(run.config, log=log)
-        report = study_report.write(runs, study_dir, baseline, log=log if i == len(runs) else None)
-        if export_dir:
-            export_evidence(runs, study_dir, export_dir)
+    done, report = set(), None
+    while True:
+        for run in runs:
+            if run.config.model_dir in done:
+                continue
+            log(f"[study {len(done) + 1}/{len(runs)}] arm {run.arm}, seed {run.seed}: {run.config.model_dir}")
+            train_run(run, log)
+            done.add(run.config.model_dir)
+            last = len(done) == len(runs)
+            report = study_report.write(runs, study_dir, baseline, log=log if last else None,
+                                        focus_member=focus_member, target=target)
+            if export_dir:
+                export_evidence(runs, study_dir, export_dir)
+        widest = study_report.widest_halfwidth(report)
+        if target_halfwidth is None or widest <= target or len(seeds) >= max_seeds:
+            break
+        seeds.append(max(seeds) + 1)
+        log(f"[study] widest 95% half-width {100 * widest:.2f} points > {target_halfwidth:.2f}: "
+            f"adding seed {seeds[-1]} ({len(seeds)} of at most {max_seeds})")
+        runs = plan(base, arms, seeds, study_dir)
+    if target_halfwidth is not None:
+        log(f"[study] stopped at {len(seeds)} seeds: widest 95% half-width "
+            f"{100 * study_report.widest_halfwidth(report):.2f} points (target {target_halfwidth:.2f}).")
     log(study_report.verdict_lines(report))
     return report
 
@@ -202,6 +279,15 @@ def define_flags():
                      "(default: the first).")
     cli_flags.define("string", "export_dir", None, "Also copy the report and each run's "
                      "results.json (no weights) here: the evidence to publish.")
+    cli_flags.define("integer", "focus_member", None, "The member whose paired comparisons "
+                     "come first in the report (default: with members of different networks, the "
+                     "one with the fewest parameters; else the member mean first).")
+    cli_flags.define("float", "target_halfwidth", None, "With --max_seeds: add seeds until every "
+                     "comparison's 95% half-width is at most this many points, or --max_seeds seeds "
+                     "are done. Stopping depends only on the width, never on the sign or on "
+                     "'resolved': stopping once a result looks significant inflates false positives.")
+    cli_flags.define("integer", "max_seeds", None, "With --target_halfwidth: the most seeds to run "
+                     "(the seeds after --seeds are the next integers).")
 
 
 def main(argv):
@@ -218,7 +304,9 @@ def main(argv):
     try:
         arms = [parse_arm(spec) for spec in FLAGS.arm]
         base = cfg.TrainConfig(**{name: FLAGS[name].value for name in cfg.FIELDS if name not in STUDY_SET})
-        run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir)
+        run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
+                  focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth,
+                  max_seeds=FLAGS.max_seeds)
     except TrainingDivergedError as e:
         raise SystemExit(f"dml_tf.study: {e}") from None
     except (DMLError, ValueError) as e:  # cfg.ConfigError is a ValueError

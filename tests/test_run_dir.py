@@ -73,11 +73,15 @@ def test_results_schema_and_member_accuracy(tmp_path):
     results = run_dir.make_results(config, bundle, members, {"loss": [1.0]}, 1, test, 2.5)
     assert list(results) == ["config", "dataset", "preprocessing", "validation_epochs", "training_fit", "members",
                              "history", "epochs_run_this_session", "test", "ensemble_test_accuracy",
-                             "wall_time_s", "optimizer_changes"]
+                             "wall_time_s", "optimizer_changes", "data"]
     assert results["preprocessing"] == {"input_shape": [32, 32, 3], "mean": None, "std": None}
     assert results["validation_epochs"] == [] and results["training_fit"] == []
     assert results["members"][0] == {"index": 0, "net": "tiny_cnn", "name": "m0", "file": "member_0.keras",
-                                     "trainable": False, "test_accuracy": 0.5}
+                                     "trainable": False, "parameters": None, "test_accuracy": 0.5}
+    assert results["data"] is None  # the record is runner.data_record's; none given here
+    old = {"dataset": {"name": "digits", "num_classes": 10, "train_size": 100, "test_size": 20}}
+    assert run_dir.data_record(old) == {"dataset": "digits", "train_images": 100, "test_images": 20,
+                                        "classes": 10}  # written before results.json kept "data"
     assert results["ensemble_test_accuracy"] == 0.8 and results["config"]["model_dir"] == str(tmp_path)
     run_dir.write_results(tmp_path, results)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from dml_tf import config as cfg
 from dml_tf import run_dir, study, study_report
@@ -43,9 +44,49 @@ def test_paired_interval_against_t_table(values):
 
 
 def test_paired_interval_needs_two_values():
-    assert study_report.paired_interval([0.3]) == {"n": 1, "mean": 0.3, "std": None,
-                                                   "interval": None, "resolved": False}
+    got = study_report.paired_interval([0.3])
+    assert (got["n"], got["mean"], got["std"], got["interval"], got["resolved"]) == (1, 0.3, None, None, False)
     assert study_report.paired_interval([0.01, 0.011, 0.012])["resolved"]  # tight, above 0
+
+
+def test_a_verdict_needs_three_seeds_and_a_spread():
+    """Two seeds, or seeds that all give the same difference (an interval of width 0: a
+    small test set), are not judged, however far from 0 the difference is."""
+    two = study_report.paired_interval([0.5, 0.51])
+    assert two["interval"] is not None and two["interval"][0] > 0  # excludes 0, but 2 seeds
+    assert not two["judged"] and not two["resolved"]
+    same = study_report.paired_interval([0.02, 0.02, 0.02])
+    assert same["interval"] == pytest.approx([0.02, 0.02]) and same["half_width"] == 0
+    assert not same["judged"] and not same["resolved"]
+    pair = {"arm": "dml", "baseline": "independent"}
+    assert "a verdict needs 3 seeds or more" in study_report.verdict(
+        pair, {**two, "label": "member mean", "metric": "accuracy"})
+    sentence = study_report.verdict(pair, {**same, "label": "member mean", "metric": "accuracy"})
+    assert "not judged" in sentence and "width 0" in sentence and "resolved," not in sentence
+
+
+def test_the_verdict_says_when_the_difference_is_one_test_image():
+    # 50 test images: 1 image = 2 points; a +2-point difference is one image.
+    c = study_report.paired_interval([0.02, 0.0, 0.04], granularity=1 / 50)
+    assert c["coarse"]
+    sentence = study_report.verdict({"arm": "dml", "baseline": "independent"},
+                                    {**c, "label": "ensemble", "metric": "accuracy", "granularity": 1 / 50})
+    assert "2.00 points: one image" in sentence
+    assert not study_report.paired_interval([0.05, 0.03, 0.04], granularity=1 / 50)["coarse"]
+
+
+def test_seeds_needed_for_a_target_half_width_against_the_t_table():
+    # sd 2 points, target 2 points: t(5) 2.5706 * 2 / sqrt(6) = 2.099 > 2; t(6) 2.4469 * 2 / sqrt(7) = 1.850.
+    assert study_report.seeds_needed(0.02, 0.02) == 7
+    # sd 1, target 1: t(2) 4.3027 / sqrt(3) = 2.48, t(3) 3.1824 / 2 = 1.59, t(4) 2.7764 / sqrt(5) = 1.24,
+    # t(5) 2.5706 / sqrt(6) = 1.049, t(6) 2.4469 / sqrt(7) = 0.925.
+    assert study_report.seeds_needed(1.0, 1.0) == 7
+    assert study_report.seeds_needed(0.0, 0.01) == 3  # a verdict needs 3 seeds whatever the sd
+    assert study_report.seeds_needed(None, 0.01) is None and study_report.seeds_needed(1.0, 1e-4) is None
+    c = study_report.paired_interval([0.01, -0.004, 0.02], target=0.01)
+    sd = np.std([0.01, -0.004, 0.02], ddof=1)
+    assert c["half_width"] == pytest.approx(T_975[2] * sd / math.sqrt(3), rel=1e-4)
+    assert c["seeds_for_target"] == study_report.seeds_needed(sd, 0.01)
 
 
 def test_plan_refuses_repeated_arms_and_seeds(tmp_path):
@@ -116,10 +157,11 @@ def test_report_numbers_come_from_the_runs(tiny_study):
                 for arm in ("independent", "dml") for seed in (0, 1)}
     for arm in ("independent", "dml"):
         ens = [accuracy[arm, s]["ensemble_test_accuracy"] for s in (0, 1)]
-        assert saved["arms"][arm]["ensemble"]["mean"] == pytest.approx(np.mean(ens))
-        assert saved["arms"][arm]["ensemble"]["std"] == pytest.approx(np.std(ens, ddof=1))
+        scores = saved["arms"][arm]["scores"]["accuracy"]
+        assert scores["ensemble"]["mean"] == pytest.approx(np.mean(ens))
+        assert scores["ensemble"]["std"] == pytest.approx(np.std(ens, ddof=1))
         member0 = [accuracy[arm, s]["members"][0]["test_accuracy"] for s in (0, 1)]
-        assert saved["arms"][arm]["members"][0]["mean"] == pytest.approx(np.mean(member0))
+        assert scores["members"][0]["mean"] == pytest.approx(np.mean(member0))
         entropy = [accuracy[arm, s]["training_fit"][1]["mean_entropy"] for s in (0, 1)]
         assert saved["arms"][arm]["train_mean_entropy"][1]["mean"] == pytest.approx(np.mean(entropy))
         last_acc = [accuracy[arm, s]["history"]["accuracy_0"][-1] for s in (0, 1)]
@@ -129,9 +171,10 @@ def test_report_numbers_come_from_the_runs(tiny_study):
     for s in (0, 1):
         mean = {a: np.mean([m["test_accuracy"] for m in accuracy[a, s]["members"]]) for a in ("dml", "independent")}
         diffs.append(mean["dml"] - mean["independent"])
-    assert pair["member_mean"]["per_seed"] == pytest.approx(diffs)
+    member_mean = study_report.comparison(pair, "member_mean")
+    assert member_mean["per_seed"] == pytest.approx(diffs)
     half = T_975[1] * np.std(diffs, ddof=1) / math.sqrt(2)
-    assert pair["member_mean"]["interval"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half],
+    assert member_mean["interval"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half],
                                                             rel=1e-4, abs=1e-9)
     md = (root / "s" / "study.md").read_text()
     assert "## Paired by seed" in md and "dml - independent" in md
@@ -173,13 +216,234 @@ def test_study_on_a_folder_of_images(tmp_path):
         assert results["dataset"]["train_size"] == 12 and results["dataset"]["num_classes"] == 3
         assert 0.0 <= results["ensemble_test_accuracy"] <= 1.0
     assert "folder" in (tmp_path / "s" / "study.md").read_text()
+    saw = json.loads((tmp_path / "s" / "study.json").read_text())["runs"][0]["data"]
+    assert saw["dataset"] == "folder" and saw["train_images"] == 12 and len(saw["train_labels"]) == 16
+    # The same study on other images (or on the folder after images were added, which moves
+    # the split) must not reuse these runs.
+    helpers_images.write_digit_folder(str(tmp_path / "more"), per_class=12, classes=range(3))
+    with pytest.raises(cfg.ConfigError) as error:
+        study.run_study(dataclasses.replace(base, data_dir=str(tmp_path / "more")),
+                        [study.parse_arm("independent"), study.parse_arm("dml")], [0],
+                        str(tmp_path / "s"), log=lambda line: None)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 's' / 'independent' / 'seed_0'} holds a finished run trained "
+                              f"on other data (--data_dir: {tmp_path / 'images'} in the run, "
+                              f"{tmp_path / 'more'} now): ")
+    assert "test images: 6 in the run, 9 now" in message
+    helpers_images.write_digit_folder(str(tmp_path / "images"), per_class=12, classes=range(3))
+    with pytest.raises(cfg.ConfigError, match="holds a finished run trained on other data: test images: 6"):
+        study.run_study(base, [study.parse_arm("independent")], [0], str(tmp_path / "s"), log=lambda line: None)
+
+
+def test_a_diverging_run_is_recorded_and_the_study_goes_on(tmp_path):
+    """A run whose loss becomes NaN stops neither the study nor its restart: it is an
+    outcome of its arm, named in the report, and not trained again."""
+    arms = [study.parse_arm("independent"), study.parse_arm("dml:mode=dml;learning_rate=1e30")]
+    base = _base(epochs=1, steps_per_epoch=1, validation_freq=1)
+    lines = []
+    report = study.run_study(base, arms, [0], str(tmp_path), log=lines.append)
+    assert report["finished_runs"] == 1 and report["diverged_runs"] == 1
+    assert report["diverged"][0]["error"].startswith("Training diverged in epoch 1")
+    assert any(line.startswith("[diverged]") for line in lines)
+    assert "dml, seed 0: diverged (Training diverged in epoch 1" in (tmp_path / "study.md").read_text()
+    lines.clear()
+    again = study.run_study(base, arms, [0], str(tmp_path), log=lines.append)
+    assert again["diverged_runs"] == 1 and not any(line.startswith("Training ") for line in lines)
+    assert any("diverged earlier" in line for line in lines)
+    with pytest.raises(cfg.ConfigError, match="holds a run that diverged with other settings"):
+        study.run_study(base, [arms[0], study.parse_arm("dml:mode=dml;learning_rate=1e20")], [0],
+                        str(tmp_path), log=lines.append)
 
 
 def test_verdict_sentences():
-    pair = {"arm": "dml", "baseline": "independent",
-            "member_mean": {"n": 3, "mean": 0.01, "interval": [0.002, 0.018], "resolved": True},
-            "ensemble": {"n": 3, "mean": 0.01, "interval": [-0.01, 0.03], "resolved": False}}
-    assert study_report.verdict(pair, "member_mean").endswith("resolved, dml is higher.")
-    assert "NOT resolved" in study_report.verdict(pair, "ensemble")
-    pair["ensemble"] = {"n": 1, "mean": 0.02, "interval": None, "resolved": False}
-    assert "two seeds or more" in study_report.verdict(pair, "ensemble")
+    pair = {"arm": "dml", "baseline": "independent"}
+    common = {"label": "member mean", "metric": "accuracy", "coarse": False}
+    resolved = {**common, "n": 3, "mean": 0.01, "interval": [0.002, 0.018], "judged": True, "resolved": True}
+    assert study_report.verdict(pair, resolved).endswith("resolved, dml is higher.")
+    assert "NOT resolved" in study_report.verdict(pair, {**resolved, "interval": [-0.01, 0.03], "resolved": False})
+    one = {**common, "n": 1, "mean": 0.02, "interval": None, "judged": False, "resolved": False}
+    assert "on one seed; a verdict needs 3 seeds or more" in study_report.verdict(pair, one)
+
+
+# ------------------------------------------------------- reports of hand-written runs
+
+
+def _write_run(run, members, ensemble, parameters=(3_000_000, 400_000), test_size=1000, evaluation=None):
+    """A finished run's results.json (and eval.json) in ``run``'s folder, written by hand:
+    ``members`` the test accuracies; a distill run's member 0 is its frozen teacher."""
+    config = run.config
+    teachers = len(config.teacher) if config.mode == "distill" else 0
+    results = {
+        "config": dataclasses.asdict(config),
+        "dataset": {"name": config.dataset, "num_classes": 10, "train_size": 100, "test_size": test_size},
+        "preprocessing": {"input_shape": [32, 32, 3]},
+        "members": [{"index": k, "net": net, "trainable": k >= teachers, "parameters": parameters[k],
+                     "test_accuracy": acc} for k, (net, acc) in enumerate(zip(config.nets, members))],
+        "ensemble_test_accuracy": ensemble, "wall_time_s": 1.0,
+        "data": {"dataset": config.dataset, "test_images": test_size},
+    }
+    run_dir.write_results(config.model_dir, results)
+    if evaluation is not None:
+        (Path(config.model_dir) / "eval.json").write_text(json.dumps(evaluation))
+
+
+def _compact_study(root, seeds=(0, 1, 2)):
+    base = cfg.TrainConfig(dataset="cifar10", nets=("mobilenet", "resnet32"))
+    arms = [study.parse_arm("independent"), study.parse_arm("dml"),
+            study.parse_arm("distill:mode=distill;teacher=@independent:0")]
+    return study.plan(base, arms, list(seeds), str(root))
+
+
+# Test accuracies (member 0 = mobilenet, member 1 = resnet32) and ensemble, per arm and seed.
+COMPACT = {("independent", 0): ([0.50, 0.55], 0.56), ("independent", 1): ([0.52, 0.54], 0.57),
+           ("independent", 2): ([0.48, 0.53], 0.55),
+           ("dml", 0): ([0.51, 0.58], 0.59), ("dml", 1): ([0.53, 0.55], 0.58), ("dml", 2): ([0.50, 0.57], 0.58),
+           ("distill", 0): ([0.50, 0.56], 0.57), ("distill", 1): ([0.52, 0.56], 0.58),
+           ("distill", 2): ([0.48, 0.55], 0.56)}
+
+
+@pytest.fixture
+def compact_runs(tmp_path):
+    runs = _compact_study(tmp_path)
+    for run in runs:
+        _write_run(run, *COMPACT[run.arm, run.seed])
+    return runs
+
+
+def test_per_member_comparisons_with_the_compact_member_first(compact_runs):
+    report = study_report.build(compact_runs, "independent")
+    assert report["focus"]["member"] == 1 and report["focus"]["label"] == "resnet32 (member 1)"
+    assert "fewest parameters" in report["focus"]["why"]
+    dml = next(p for p in report["paired"] if p["arm"] == "dml")
+    assert [c["label"] for c in dml["comparisons"]] == [
+        "resnet32 (member 1)", "member mean", "ensemble", "mobilenet (member 0)"]
+    resnet = study_report.comparison(dml, "member_1")
+    want = [COMPACT["dml", s][0][1] - COMPACT["independent", s][0][1] for s in (0, 1, 2)]
+    assert resnet["per_seed"] == pytest.approx(want)  # +3, +1, +4 points
+    sd = np.std(want, ddof=1)
+    assert resnet["std"] == pytest.approx(sd) and resnet["half_width"] == pytest.approx(
+        T_975[2] * sd / math.sqrt(3), rel=1e-4)
+    md = study_report.markdown(report)
+    assert md.index("| dml - independent | resnet32 (member 1) |") < md.index("| dml - independent | member mean |")
+    assert "Comparisons of resnet32 (member 1) come first: the member with the fewest parameters" in md
+    verdicts = study_report.verdict_lines(report).splitlines()
+    assert verdicts[1].startswith("dml - independent, resnet32 (member 1), test accuracy")
+    # --focus_member=0 puts mobilenet first; a member the cohort lacks is refused.
+    first = study_report.build(compact_runs, "independent", focus_member=0)["paired"][0]["comparisons"][0]
+    assert first["label"] == "mobilenet (member 0)"
+    with pytest.raises(cfg.ConfigError, match="--focus_member=2: the cohort has members 0 to 1"):
+        study_report.build(compact_runs, "independent", focus_member=2)
+
+
+def test_a_frozen_teacher_is_not_in_the_member_mean_nor_compared(compact_runs):
+    report = study_report.build(compact_runs, "independent")
+    distill = report["arms"]["distill"]
+    assert distill["frozen"] == [True, False]
+    # The member mean of the distill arm is its student alone (ResNet-32), not the teacher's average.
+    assert distill["scores"]["accuracy"]["member_mean"]["mean"] == pytest.approx(np.mean([0.56, 0.56, 0.55]))
+    pair = next(p for p in report["paired"] if p["arm"] == "distill")
+    assert [c["label"] for c in pair["comparisons"]] == ["resnet32 (member 1)", "ensemble"]
+    assert study_report.comparison(pair, "member_1")["per_seed"] == pytest.approx([0.01, 0.02, 0.02])
+    assert "distill: mobilenet (member 0) is a frozen teacher" in study_report.markdown(report)
+    # Without "trainable" (an earlier results.json), the distill run's first len(teacher) members.
+    results = run_dir.read_results(compact_runs[2].config.model_dir)
+    for member in results["members"]:
+        del member["trainable"]
+    assert run_dir.frozen_members(results) == [True, False]
+
+
+def test_homogeneous_members_keep_the_member_mean_first(tmp_path):
+    base = cfg.TrainConfig(dataset="cifar10", nets=("resnet32", "resnet32"))
+    runs = study.plan(base, [study.parse_arm("independent"), study.parse_arm("dml")], [0, 1, 2], str(tmp_path))
+    for run in runs:
+        _write_run(run, *COMPACT[run.arm, run.seed], parameters=(466_426, 466_426))
+    report = study_report.build(runs, "independent")
+    assert report["focus"] is None
+    assert [c["label"] for c in report["paired"][0]["comparisons"]] == [
+        "member mean", "ensemble", "resnet32 (member 0)", "resnet32 (member 1)"]
+
+
+def test_a_market1501_study_reports_map_and_rank1(tmp_path):
+    """A re-id run has no test accuracy (results.json's test is {}): the report reads the
+    eval.json beside it (mAP, rank-1, single query) instead of failing on None."""
+    base = cfg.TrainConfig(dataset="market1501", nets=("mobilenet", "mobilenet"))
+    runs = study.plan(base, [study.parse_arm("independent"), study.parse_arm("dml")], [0, 1, 2], str(tmp_path))
+    scores = {}
+    for run in runs:
+        offset = 0.05 * (run.arm == "dml") + 0.01 * run.seed
+        members = [{"index": k, "trainable": True, "single_query": {"mAP": 0.4 + offset + 0.01 * k,
+                                                                    "rank1": 0.6 + offset - 0.01 * k}}
+                   for k in range(2)]
+        evaluation = {"members": members, "ensemble": {"single_query": {"mAP": 0.5 + offset, "rank1": 0.7 + offset}}}
+        scores[run.arm, run.seed] = evaluation
+        _write_run(run, [None, None], None, parameters=(3_000_000, 3_000_000), evaluation=evaluation)
+    report = study_report.build(runs, "independent")
+    assert report["metrics"] == ["mAP", "rank1"]
+    pair = report["paired"][0]
+    for metric, base_value in (("mAP", 0.4), ("rank1", 0.6)):
+        mean = study_report.comparison(pair, "member_mean", metric)
+        assert mean["per_seed"] == pytest.approx([0.05] * 3)
+        ens = study_report.comparison(pair, "ensemble", metric)
+        assert ens["per_seed"] == pytest.approx([0.05] * 3)
+    assert report["arms"]["dml"]["scores"]["mAP"]["member_mean"]["mean"] == pytest.approx(0.4 + 0.05 + 0.01 + 0.005)
+    md = study_report.markdown(report)
+    assert "mAP (single query)" in md and "| dml - independent | member mean, rank1 |" in md
+    # The training run itself has no accuracy to read.
+    assert run_dir.member_accuracies(run_dir.read_results(runs[0].config.model_dir)) == [None, None]
+
+
+def test_a_diverged_run_is_counted_and_named(compact_runs):
+    diverged = compact_runs[4]  # dml, seed 1
+    assert (diverged.arm, diverged.seed) == ("dml", 1)
+    os.remove(run_dir.results_path(diverged.config.model_dir))
+    run_dir.write_diverged(diverged.config.model_dir, "Training diverged in epoch 3: loss = nan", {})
+    report = study_report.build(compact_runs, "independent")
+    assert report["finished_runs"] == 8 and report["diverged_runs"] == 1
+    assert report["arms"]["dml"]["diverged"] == [{"seed": 1, "error": "Training diverged in epoch 3: loss = nan"}]
+    assert study_report.comparison(report["paired"][0], "member_1")["seeds"] == [0, 2]
+    lines = study_report.verdict_lines(report)
+    assert lines.splitlines()[0] == "Study: 8/9 runs finished, 1 diverged."
+    assert "dml, seed 1: diverged (Training diverged in epoch 3: loss = nan)" in lines
+    assert "| dml | 1 | diverged |" in study_report.markdown(report)
+
+
+def test_target_halfwidth_adds_seeds_until_every_interval_is_narrow(tmp_path, monkeypatch):
+    """Stopping looks at the widths only: the differences here are far from 0 (resolved at
+    3 seeds) but wide, and the study goes on until they are narrow."""
+    written = []
+
+    def fake_train(run, log):  # dml - independent: +10 points, +-1 point by seed parity
+        written.append((run.arm, run.seed))
+        acc = 0.5 + (0.10 + (0.01 if run.seed % 2 else -0.01)) * (run.arm == "dml")
+        _write_run(run, [acc, acc], acc, parameters=(1, 1))
+
+    monkeypatch.setattr(study, "train_run", fake_train)
+    monkeypatch.setattr(study_report, "write", lambda runs, study_dir, baseline, log=None, **kw:
+                        study_report.build(runs, baseline, kw["focus_member"], kw["target"]))
+    base = cfg.TrainConfig(dataset="cifar10", nets=("resnet32", "resnet32"))
+    arms = [study.parse_arm("independent"), study.parse_arm("dml")]
+    # Differences 9, 11, 9, 11, ... points: sd(3) = 1.155 -> half-width 2.87; sd(4) = 1.155 -> 1.84;
+    # sd(5) = 1.095 -> 1.36; sd(6) = 1.095 -> 1.15; sd(7) = 1.069 -> 0.99.
+    report = study.run_study(base, arms, [0, 1, 2], str(tmp_path), log=lambda line: None,
+                             target_halfwidth=1.0, max_seeds=10)
+    assert sorted({s for _, s in written}) == list(range(7))
+    assert study_report.comparison(report["paired"][0], "member_mean")["half_width"] <= 0.01
+    written.clear()
+    study.run_study(base, arms, [0, 1, 2], str(tmp_path / "capped"), log=lambda line: None,
+                    target_halfwidth=1.0, max_seeds=4)
+    assert sorted({s for _, s in written}) == [0, 1, 2, 3]
+    for kwargs, words in [({"target_halfwidth": 1.0}, "go together"),
+                          ({"target_halfwidth": -1.0, "max_seeds": 5}, "positive number"),
+                          ({"target_halfwidth": 1.0, "max_seeds": 2}, "fewer than the 3 seeds")]:
+        with pytest.raises(cfg.ConfigError, match=words):
+            study.run_study(base, arms, [0, 1, 2], str(tmp_path), **kwargs)
+
+
+def test_train_line_names_mixed_nets_as_they_are(tmp_path, monkeypatch):
+    from dml_tf import runner
+
+    monkeypatch.setattr(runner, "run", lambda config, log: {})
+    for nets, words in [(("mobilenet", "resnet32"), "mobilenet, resnet32,"), (("resnet32",) * 2, "2 x resnet32,")]:
+        lines = []
+        runner.run_or_reuse(cfg.TrainConfig(dataset="digits", nets=nets, model_dir=str(tmp_path)), log=lines.append)
+        assert lines == [f"[train] {tmp_path}: {words} mode=dml, mimicry=kl, seed=0"]
