@@ -158,6 +158,10 @@ class TrainConfig:
                            "random crop, flip), resized_crop (random resized crop, flip), none; auto: "
                            "pad_crop up to 64 pixels, resized_crop above.",
                            choices=("auto", "pad_crop", "resized_crop", "none"))
+    cache: str = setting("auto", "--dataset=folder: keep the decoded images in memory, in a folder "
+                         "(DIR: raw files, reused by later runs of the same files), or none (decode "
+                         "every epoch); auto: memory when they take under 1 GiB, else none. Changes no "
+                         "number.", run_only=True)
     labeled_fraction: float = setting(1.0, "Fraction of training images labeled (CIFAR).", range=FRACTION)
     labeled_ids: Optional[int] = setting(None, "Labeled identities (Market-1501).", range=POSITIVE)
     semi: str = setting("all", "all: mimicry on all data (DML-all); labeled: labeled data only "

@@ -10,8 +10,10 @@ For every image (files, or folders searched recursively for .jpg, .jpeg, .png, .
 .gif), prints the ``--top_k`` classes, by name, with their probabilities under the
 ensemble (the mean of the members' probabilities), and under every member with
 ``--members``. ``--output`` writes them as CSV (one row per image, source and rank) or
-JSON, by its extension. Images are read as training read them (decoded, made RGB,
-resized to the members' input size) and standardised as in training.
+JSON, by its extension, row by row as the images are classified (into ``FILE.partial``,
+renamed to FILE at the end). Images are streamed a batch (``--batch_size``) at a time,
+read as training reads them (decoded, turned upright by their EXIF orientation, made
+RGB, resized to the members' input size) and standardised as in training.
 
 ``--export=FILE.keras`` writes one self-contained Keras model of the ensemble (or of
 member ``--export_member``) that takes raw images of any size, 0-255
@@ -23,7 +25,7 @@ TensorFlow Lite, float32, or full-integer with ``--quantize=int8`` (:mod:`dml_tf
 """
 
 import csv
-import io
+import json
 import os
 
 from absl import app, flags
@@ -50,14 +52,14 @@ def define_flags():
 
 def image_files(paths):
     """The image files named by ``paths`` (files as given; folders searched recursively, in
-    sorted order); ValueError naming a path that does not exist or holds no image."""
-    from dml_tf.data.folder import FORMATS
+    sorted order, hidden names skipped as training skips them); ValueError naming a path
+    that does not exist or holds no image."""
+    from dml_tf.data.folder import FORMATS, walk_images
 
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(root, f) for root, _, names in os.walk(path)
-                           for f in names if f.lower().endswith(FORMATS))
+            found = walk_images(path)
             if not found:
                 raise ValueError(f"{path} holds no image ({', '.join(FORMATS)}).")
             files += found
@@ -74,12 +76,15 @@ def top_classes(probs, class_names, k):
     return [{"class": class_names[i], "index": int(i), "probability": float(probs[i])} for i in order]
 
 
-def predict(model_dir, paths, top_k=5, batch_size=64):
-    """Per image: ``{"image", "ensemble": top classes, "members": [top classes per member]}``."""
+def iter_predictions(model_dir, paths, top_k=5, batch_size=64):
+    """Per image, in order, as each batch of ``batch_size`` is classified: ``{"image",
+    "ensemble": top classes, "members": [top classes per member]}``. The images are
+    streamed (read, decoded and resized as training reads them, a batch at a time), never
+    all held at once."""
     import numpy as np
 
     from dml_tf import export, run_dir
-    from dml_tf.data.folder import read_images
+    from dml_tf.data import folder
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1; got {top_k}.")
@@ -89,13 +94,23 @@ def predict(model_dir, paths, top_k=5, batch_size=64):
         [str(i) for i in range(results["dataset"]["num_classes"])]
     files = image_files(paths)
     model = export.classifier(model_dir, all_outputs=True)
-    images = read_images(files, image_size=shape[:2])
-    outputs = [np.asarray(o) for o in model.predict(images, batch_size=batch_size, verbose=0)]
-    k = min(top_k, len(classes))
-    return [{"image": path,
-             "ensemble": top_classes(outputs[0][i], classes, k),
-             "members": [top_classes(o[i], classes, k) for o in outputs[1:]]}
-            for i, path in enumerate(files)]
+    source = folder.image_files(files, image_size=shape[:2])
+    k, done, channels = min(top_k, len(classes)), 0, {}
+    for images, batch_channels in source.batches(batch_size):
+        outputs = [np.asarray(o) for o in model.predict_on_batch(images)]
+        for c in batch_channels.numpy():
+            channels[int(c)] = channels.get(int(c), 0) + 1
+        for i in range(len(outputs[0])):
+            yield {"image": files[done + i],
+                   "ensemble": top_classes(outputs[0][i], classes, k),
+                   "members": [top_classes(o[i], classes, k) for o in outputs[1:]]}
+        done += len(outputs[0])
+    folder.say_conversions(channels)
+
+
+def predict(model_dir, paths, top_k=5, batch_size=64):
+    """:func:`iter_predictions` as a list."""
+    return list(iter_predictions(model_dir, paths, top_k, batch_size))
 
 
 def _rows(predictions, members):
@@ -109,21 +124,50 @@ def _rows(predictions, members):
                        "probability": f"{entry['probability']:.6f}"}
 
 
-def write_predictions(path, predictions, members):
-    """``path`` (.csv or .json), atomically."""
-    from dml_tf.io_utils import atomic_write_bytes, atomic_write_json
+class PredictionWriter:
+    """Writes predictions to ``path`` (.csv: one row per image, source and rank; .json: a
+    list) as they come, into ``path.partial``, flushed after every prediction; ``close()``
+    renames it to ``path`` (atomically). A stopped run leaves ``path.partial`` with the
+    predictions so far."""
 
-    if path.endswith(".json"):
-        atomic_write_json(path, [p if members else {k: v for k, v in p.items() if k != "members"}
-                                 for p in predictions])
-    elif path.endswith(".csv"):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, ["image", "source", "rank", "class", "probability"])
-        writer.writeheader()
-        writer.writerows(_rows(predictions, members))
-        atomic_write_bytes(path, buffer.getvalue().encode())
-    else:
-        raise ValueError(f"--output must end in .csv or .json; got {path}.")
+    def __init__(self, path, members):
+        if not path.endswith((".csv", ".json")):
+            raise ValueError(f"--output must end in .csv or .json; got {path}.")
+        self.path, self.members, self.count = path, members, 0
+        self.partial = path + ".partial"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(self.partial, "w", newline="")
+        if path.endswith(".csv"):
+            self.csv = csv.DictWriter(self.file, ["image", "source", "rank", "class", "probability"])
+            self.csv.writeheader()
+        else:
+            self.csv = None
+            self.file.write("[")
+
+    def write(self, prediction):
+        if self.csv is not None:
+            self.csv.writerows(_rows([prediction], self.members))
+        else:
+            entry = prediction if self.members else {k: v for k, v in prediction.items() if k != "members"}
+            self.file.write(("," if self.count else "") + "\n" + json.dumps(entry))
+        self.count += 1
+        self.file.flush()
+
+    def close(self):
+        if self.csv is None:
+            self.file.write("\n]\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+
+def write_predictions(path, predictions, members):
+    """``path`` (.csv or .json) of ``predictions``, through :class:`PredictionWriter`."""
+    writer = PredictionWriter(path, members)
+    for prediction in predictions:
+        writer.write(prediction)
+    writer.close()
 
 
 def format_predictions(predictions, members):
@@ -184,10 +228,13 @@ def main(argv):
                 print(f"Wrote {FLAGS.export}: {which}, {what}; raw images (any size, 0-255) in, class "
                       "probabilities out.")
         if len(argv) > 1:
-            predictions = predict(FLAGS.model_dir, argv[1:], FLAGS.top_k, FLAGS.batch_size)
-            print(format_predictions(predictions, FLAGS.members))
-            if FLAGS.output:
-                write_predictions(FLAGS.output, predictions, FLAGS.members)
+            writer = PredictionWriter(FLAGS.output, FLAGS.members) if FLAGS.output else None
+            for prediction in iter_predictions(FLAGS.model_dir, argv[1:], FLAGS.top_k, FLAGS.batch_size):
+                print(format_predictions([prediction], FLAGS.members), flush=True)
+                if writer is not None:
+                    writer.write(prediction)
+            if writer is not None:
+                writer.close()
                 print(f"Wrote {FLAGS.output}")
     except (DMLError, ValueError, OSError) as e:
         raise app.UsageError(str(e)) from None

@@ -107,7 +107,7 @@ def checked_data(config, state, data, log=print):
 def data_options(config):
     """The data loader's arguments that a run's settings imply: ``seed``, and ``data_dir``,
     ``train_per_class``, ``labeled_fraction``, ``labeled_ids``, ``image_size``,
-    ``validation_split`` and ``augment`` where set. ``config``: a
+    ``validation_split``, ``augment`` and ``cache`` where set. ``config``: a
     TrainConfig, or the ``"config"`` dict of a run's results.json."""
     get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
     options = {"seed": get("seed") or 0}
@@ -125,6 +125,8 @@ def data_options(config):
         options["validation_split"] = get("validation_split")
     if get("augment") not in (None, "auto"):
         options["augment"] = get("augment")
+    if get("cache") not in (None, "auto"):
+        options["cache"] = get("cache")
     return options
 
 

@@ -200,6 +200,38 @@ def test_predict_prints_top_classes_and_writes_csv_and_json(folder_run, tmp_path
     assert text.startswith(first["image"]) and "member 1:" in text
 
 
+def test_predict_streams_batches_and_writes_as_it_goes(folder_run, tmp_path, monkeypatch):
+    root, _ = folder_run
+    images = str(root / "images" / "test" / "three")
+    whole = predict.predict(str(root / "run"), [images], top_k=2)
+    classify, sizes = export.classifier, []
+
+    def recording(*args, **kwargs):
+        model = classify(*args, **kwargs)
+        on_batch = model.predict_on_batch
+        model.predict_on_batch = lambda x: (sizes.append(len(x)), on_batch(x))[1]
+        return model
+
+    monkeypatch.setattr(export, "classifier", recording)
+    stream = predict.iter_predictions(str(root / "run"), [images], top_k=2, batch_size=4)
+    writer = predict.PredictionWriter(str(tmp_path / "p.csv"), members=False)
+    first = next(stream)
+    writer.write(first)
+    assert sizes == [4]  # one batch classified so far, not the folder
+    assert [r["image"] for r in csv.DictReader(open(tmp_path / "p.csv.partial"))] == [first["image"]] * 2
+    assert not os.path.exists(tmp_path / "p.csv")
+    rest = list(stream)
+    for p in rest:
+        writer.write(p)
+    writer.close()
+    assert sizes == [4, 4, 2] and not os.path.exists(tmp_path / "p.csv.partial")
+    assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 2 * len(whole)
+    for streamed, at_once in zip([first] + rest, whole):
+        assert streamed["image"] == at_once["image"]
+        np.testing.assert_allclose([e["probability"] for e in streamed["ensemble"]],
+                                   [e["probability"] for e in at_once["ensemble"]], atol=1e-6)
+
+
 def test_predict_command_line_errors(folder_run, tmp_path):
     root, _ = folder_run
 

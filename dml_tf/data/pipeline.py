@@ -1,6 +1,6 @@
 """Shared helpers of the loaders: argument checks, the labeled subset and the images an
-analysis keeps, and the ``tf.data`` pipelines of the in-memory classification datasets
-(CIFAR, digits).
+analysis keeps, and the ``tf.data`` pipelines of the classification datasets
+(CIFAR, digits in memory; your image folders streamed from disk).
 
 Determinism (``train``): the same ``seed`` gives the same batches in the same order,
 epoch after epoch, in every pipeline built with it.
@@ -139,28 +139,39 @@ def to_unit_float(image):
     return tf.cast(image, tf.float32)
 
 
+def histogram_stats(counts):
+    """Per-channel mean and standard deviation, on the [0, 1] scale, of uint8 pixels
+    counted in ``counts`` (``(channels, 256)``: how many pixels of each channel have each
+    value); two float32 arrays of shape ``(channels,)``."""
+    counts = np.asarray(counts, np.float64)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean = np.zeros(len(counts), np.float64)
+    std = np.zeros(len(counts), np.float64)
+    for c, channel in enumerate(counts):
+        total = channel.sum()
+        mean[c] = (channel * values).sum() / total
+        std[c] = math.sqrt((channel * (values - mean[c]) ** 2).sum() / total)
+    std = np.maximum(std, 1e-6)  # a constant channel must not divide by zero
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 def channel_stats(images):
     """Per-channel mean and standard deviation of NHWC ``images`` on the [0, 1] scale.
 
     uint8 images are counted exactly through a 256-bin histogram per channel (no
-    float copy of the data set); float images (already in [0, 1]) in float64.
-    Returns two float32 arrays of shape ``(channels,)``.
+    float copy of the data set, :func:`histogram_stats`); float images (already in
+    [0, 1]) in float64. Returns two float32 arrays of shape ``(channels,)``.
     """
     images = np.asarray(images)
     channels = images.shape[-1]
+    if images.dtype == np.uint8:
+        return histogram_stats([np.bincount(images[..., c].ravel(), minlength=256) for c in range(channels)])
     mean = np.zeros(channels, np.float64)
     std = np.zeros(channels, np.float64)
     for c in range(channels):
-        if images.dtype == np.uint8:
-            counts = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
-            values = np.arange(256, dtype=np.float64) / 255.0
-            total = counts.sum()
-            mean[c] = (counts * values).sum() / total
-            std[c] = math.sqrt((counts * (values - mean[c]) ** 2).sum() / total)
-        else:
-            plane = images[..., c].astype(np.float64)
-            mean[c], std[c] = plane.mean(), plane.std()
-    std = np.maximum(std, 1e-6)  # a constant channel must not divide by zero
+        plane = images[..., c].astype(np.float64)
+        mean[c], std[c] = plane.mean(), plane.std()
+    std = np.maximum(std, 1e-6)
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -175,11 +186,21 @@ def _static_shape(images):
     return tuple(int(d) for d in images.shape[1:])
 
 
+def _fetcher(images):
+    """``fetch(index) -> image`` of ``images``: an in-memory array (one constant, gathered
+    from), or an image source that reads its images itself (``images.fetch_fn()``, e.g.
+    :class:`dml_tf.data.folder.ImageFiles`, which streams them from disk)."""
+    if hasattr(images, "fetch_fn"):
+        return images.fetch_fn()
+    images_t = tf.constant(images)
+    return lambda index: tf.gather(images_t, index)
+
+
 def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer=None):
     """One shuffled, augmented, standardised epoch of ``(images, labels)`` per iteration.
 
-    ``images``: NHWC uint8 (or float in [0, 1]) array; ``labels``: int (``-1`` =
-    unlabeled).  ``augment_fn(image_in_[0,1], seed) -> image`` gets a shape-[2] seed.
+    ``images``: NHWC uint8 (or float in [0, 1]) array, or an image source (see
+    :func:`_fetcher`); ``labels``: int (``-1`` = unlabeled).  ``augment_fn(image_in_[0,1], seed) -> image`` gets a shape-[2] seed.
     ``shuffle_buffer`` defaults to the whole training set (a full shuffle of indices,
     cheap).  Yields ``(float32 [b, H, W, C], int32 [b])``; see the module docstring
     for how the stream is made deterministic.
@@ -191,12 +212,12 @@ def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuff
         raise ValueError("train_dataset needs at least one image.")
     buffer = n if shuffle_buffer is None else check_positive_int("shuffle_buffer", shuffle_buffer)
     shape = _static_shape(images)
-    images_t = tf.constant(images)
+    fetch = _fetcher(images)
     labels_t = tf.constant(np.asarray(labels, np.int32))
 
     def make_example(index, random_value):
         element_seed = tf.stack([random_value, index])
-        image = to_unit_float(tf.gather(images_t, index))
+        image = to_unit_float(fetch(index))
         image = augment_fn(image, element_seed)
         image = augment.standardize(image, mean, std)
         return tf.ensure_shape(image, shape), tf.gather(labels_t, index)
@@ -216,11 +237,11 @@ def eval_dataset(images, labels, batch_size, mean, std):
     """``(images, labels)`` in stored order, standardised, no augmentation, batched."""
     batch_size = check_positive_int("batch_size", batch_size)
     shape = _static_shape(images)
-    images_t = tf.constant(images)
+    fetch = _fetcher(images)
     labels_t = tf.constant(np.asarray(labels, np.int32))
 
     def make_example(index):
-        image = augment.standardize(to_unit_float(tf.gather(images_t, index)), mean, std)
+        image = augment.standardize(to_unit_float(fetch(index)), mean, std)
         return tf.ensure_shape(image, shape), tf.gather(labels_t, index)
 
     dataset = (
@@ -244,8 +265,9 @@ def classification_bundle(
     shuffle_buffer,
     extras=None,
     train_per_class=None,
+    prepare=None,
 ):
-    """The :class:`DatasetBundle` of an in-memory classification data set (CIFAR, digits).
+    """The :class:`DatasetBundle` of a classification data set (CIFAR, digits, folder).
 
     Checks the arguments, then calls ``load_arrays()`` for a dict with
     ``train_images``/``test_images`` (NHWC uint8, or float in [0, 1]) and
@@ -261,6 +283,10 @@ def classification_bundle(
     -1 for unlabeled, and the test labels, in stored order), ``train_unaugmented`` (a function returning the
     training images, true labels, as :func:`eval_dataset`: stored order, no
     augmentation) and then whatever ``extras(arrays)`` returns.
+
+    The images may be image sources that stream from disk (:func:`_fetcher`) rather than
+    arrays; ``prepare(train_images, test_images) -> (mean, std)`` then replaces
+    :func:`channel_stats` (e.g. one streamed pass over the training images).
     """
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
@@ -278,7 +304,7 @@ def classification_bundle(
         train_images, train_labels = train_images[subset], np.asarray(train_labels)[subset]
     true_labels = train_labels
     train_labels, mask = select_labeled(train_labels, fraction, seed)
-    mean, std = channel_stats(train_images)
+    mean, std = channel_stats(train_images) if prepare is None else prepare(train_images, test_images)
     train = train_dataset(train_images, train_labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer)
     test = eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
     return DatasetBundle(

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 
 import dml_tf.data
 from dml_tf.data import folder
@@ -90,22 +90,171 @@ def test_random_resized_crop_is_seeded_and_keeps_the_shape():
     assert not np.array_equal(a, c)
 
 
-def test_grayscale_and_rgba_are_converted_and_said_once(tmp_path, caplog):
+def test_grayscale_and_transparency_are_made_rgb_on_white_and_said_once(tmp_path, caplog):
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[..., 0], rgba[..., 2], rgba[..., 3] = 200, 100, np.arange(36).reshape(6, 6) * 7
+    gray_alpha = np.stack([np.full((6, 6), 90, np.uint8), rgba[..., 3]], axis=-1)
     for c in ("a", "b"):
         os.makedirs(tmp_path / c)
         for i in range(3):
             Image.fromarray(np.full((6, 6), 40 * i, np.uint8), mode="L").save(tmp_path / c / f"g{i}.png")
-        Image.fromarray(np.full((6, 6, 4), 200, np.uint8), mode="RGBA").save(tmp_path / c / "rgba.png")
+        Image.fromarray(rgba, mode="RGBA").save(tmp_path / c / "rgba.png")
+    Image.fromarray(gray_alpha, mode="LA").save(tmp_path / "a" / "la.png")
     with caplog.at_level(logging.WARNING):
         arrays = folder.load_arrays(str(tmp_path), validation_split=0.25)
     assert arrays["train_images"].shape[1:] == (6, 6, 3)
-    messages = [r.getMessage() for r in caplog.records if "converted to RGB" in r.getMessage()]
-    assert sorted(messages) == ["1 RGBA image(s) converted to RGB (e.g. the alpha channel dropped).",
-                                "6 grayscale image(s) converted to RGB (e.g. the alpha channel dropped)."] or \
-        sorted(messages) == ["2 RGBA image(s) converted to RGB (e.g. the alpha channel dropped).",
-                             "6 grayscale image(s) converted to RGB (e.g. the alpha channel dropped)."]
-    rgba = folder.read_images([str(tmp_path / "a" / "rgba.png")])
-    assert rgba.shape == (1, 6, 6, 3) and rgba.max() == 200
+    messages = sorted(r.getMessage() for r in caplog.records if "converted to RGB" in r.getMessage())
+    assert messages == ["1 grayscale image(s) with transparency converted to RGB (composited onto white).",
+                        "2 RGBA image(s) converted to RGB (composited onto white).",
+                        "6 grayscale image(s) converted to RGB (the gray channel repeated)."]
+    # Over white: color * alpha + 255 * (1 - alpha), rounded (transparent pixels are white).
+    alpha = rgba[..., 3:].astype(np.float64) / 255
+    np.testing.assert_array_equal(folder.read_images([str(tmp_path / "a" / "rgba.png")])[0],
+                                  np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8))
+    np.testing.assert_array_equal(folder.read_images([str(tmp_path / "a" / "la.png")])[0],
+                                  np.repeat(np.round(90 * alpha + 255 * (1 - alpha)), 3, -1).astype(np.uint8))
+    np.testing.assert_array_equal(folder.read_images([str(tmp_path / "a" / "g2.png")])[0], np.full((6, 6, 3), 80))
+
+
+def _today(paths, image_size=None):
+    """The images as the loader read them before it streamed: every file decoded eagerly
+    by TensorFlow, made RGB, resized (bilinear, rounded), stacked in memory."""
+    images = []
+    for path in paths:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if image_size is not None:
+            image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, image_size)), 0, 255), tf.uint8)
+        images.append(image.numpy())
+    return np.stack(images)
+
+
+def _batches(dataset):
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+@pytest.mark.parametrize("cache", ["none", "memory", "DIR"])
+def test_streamed_folder_gives_todays_batches_statistics_and_split(digit_folder, tmp_path, cache):
+    """Streamed from disk (any cache), the folder gives the batches the in-memory loader
+    gave: the same files in the same split, the same statistics (a streamed histogram
+    equals numpy's over the decoded images), the same order and augmentation, epoch
+    after epoch."""
+    root, written = digit_folder
+    cache = str(tmp_path / "cache") if cache == "DIR" else cache
+    bundle = dml_tf.data.load("folder", data_dir=root, batch_size=7, seed=3, validation_split=0.25,
+                              image_size=(20, 24), cache=cache, train_per_class=5)
+    assert bundle.extras["cache"] == cache
+    sources = folder.load_sources(root, (20, 24), 0.25)
+    labels = sources["train_labels"]
+    subset = dml_tf.data.pipeline.select_per_class(labels, 5, 3)
+    train = _today([sources["train_images"].paths[i] for i in subset], (20, 24))
+    test = _today(sources["test_images"].paths, (20, 24))
+    mean, std = dml_tf.data.pipeline.channel_stats(train)
+    np.testing.assert_array_equal(bundle.extras["mean"], mean)
+    np.testing.assert_array_equal(bundle.extras["std"], std)
+    augment = folder.train_augment_fn("pad_crop", (20, 24))
+    expected = dml_tf.data.pipeline.train_dataset(train, labels[subset], 7, 3, mean, std, augment)
+    for _ in range(2):
+        got, want = _batches(bundle.train), _batches(expected)
+        assert len(got) == len(want) == 8  # 50 images, 7 a batch
+        for (x, y), (x_want, y_want) in zip(got, want):
+            np.testing.assert_array_equal(y, y_want)
+            np.testing.assert_allclose(x, x_want, atol=1e-6)
+    x_test = np.concatenate([x for x, _ in _batches(bundle.test)])
+    np.testing.assert_allclose(x_test, (test / 255.0 - mean) / std, atol=1e-5)
+    if cache not in ("none", "memory"):  # one raw file per image, and the statistics
+        (folder_name,) = [d for d in os.listdir(cache) if d.startswith("images-") and len(os.listdir(
+            os.path.join(cache, d))) == 51]
+        assert os.path.isfile(os.path.join(cache, folder_name, "meta.json"))
+
+
+def test_resume_inside_an_epoch_sees_the_uninterrupted_batches(digit_folder):
+    """The runner's stream resumed at a step inside a pass (epoch 2 of 5 steps over
+    passes of 12 batches: step 10 of pass 0, then pass 1) gives the batches an
+    uninterrupted run sees, from freshly built streamed pipelines."""
+    from dml_tf import runner
+
+    root, _ = digit_folder
+
+    def stream(initial_epoch, steps):
+        bundle = dml_tf.data.load("folder", data_dir=root, batch_size=5, seed=4, validation_split=0.25,
+                                  cache="none")
+        return _batches(runner.epoch_stream(bundle.train, 12, 5, initial_epoch).take(steps))
+
+    whole, resumed = stream(0, 15), stream(2, 5)
+    for (x, y), (x_resumed, y_resumed) in zip(whole[10:], resumed):
+        np.testing.assert_array_equal(y, y_resumed)
+        np.testing.assert_array_equal(x, x_resumed)
+
+
+def test_cache_choices(digit_folder, tmp_path, monkeypatch):
+    root, _ = digit_folder
+    small = dml_tf.data.load("folder", data_dir=root, batch_size=5, validation_split=0.25)
+    assert small.extras["cache"] == "memory"  # 80 images of 32x32: far under 1 GiB
+    monkeypatch.setattr(folder, "AUTO_CACHE_BYTES", 80 * 32 * 32 * 3)  # the decoded set is 1 byte too big
+    assert dml_tf.data.load("folder", data_dir=root, validation_split=0.25).extras["cache"] == "none"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="--cache=.*file is not a folder"):
+        dml_tf.data.load("folder", data_dir=root, cache=str(tmp_path / "file"))
+    # A cache folder is reused: no image is decoded again.
+    cache = str(tmp_path / "cache")
+    first = dml_tf.data.load("folder", data_dir=root, batch_size=5, validation_split=0.25, cache=cache)
+    monkeypatch.setattr(folder.ImageFiles, "scan", lambda *a, **k: pytest.fail("decoded again"))
+    again = dml_tf.data.load("folder", data_dir=root, batch_size=5, validation_split=0.25, cache=cache)
+    np.testing.assert_array_equal(first.extras["mean"], again.extras["mean"])
+    np.testing.assert_array_equal(collect(first.test)[0], collect(again.test)[0])
+    assert len([d for d in os.listdir(cache) if d.startswith("images-")]) == 2  # train and test
+
+
+def test_hidden_names_are_skipped_and_symlink_loops_followed_once(tmp_path):
+    _classes(str(tmp_path), {"cat": 2, "dog": 2})
+    junk = b"not an image"
+    for path in ("cat/.thumbnails/0.png", "cat/@eaDir/0.png/SYNOFILE_THUMB_M.jpg", "dog/._0.png",
+                 "__MACOSX/cat/._0.png", ".Trash/x.png", "dog/#recycle/1.png"):
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        (tmp_path / path).write_bytes(junk)
+    os.makedirs(tmp_path / "cat" / "sub")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "sub" / "deep.png")
+    os.symlink("..", tmp_path / "cat" / "sub" / "loop")  # cat/sub/loop -> cat
+    os.symlink(str(tmp_path / "dog"), tmp_path / "cat" / "dogs")  # a second way into dog/
+    classes, files = folder.list_classes(str(tmp_path))
+    assert classes == ["cat", "dog"]
+    assert [os.path.relpath(p, tmp_path) for p, _ in files] == [
+        "cat/0.png", "cat/1.png", "cat/dogs/0.png", "cat/dogs/1.png", "cat/sub/deep.png", "dog/0.png", "dog/1.png"]
+    bundle = dml_tf.data.load("folder", data_dir=str(tmp_path), batch_size=2, validation_split=0.5)
+    assert bundle.train_size + bundle.test_size == 7
+
+
+@pytest.mark.parametrize("name", ["val", "validation"])
+def test_val_folder_is_the_test_split_when_test_is_absent(tmp_path, caplog, name):
+    _classes(str(tmp_path / "train"), {"cat": 3, "dog": 3})
+    _classes(str(tmp_path / name), {"cat": 1, "dog": 2})
+    with caplog.at_level(logging.WARNING):
+        bundle = dml_tf.data.load("folder", data_dir=str(tmp_path), batch_size=2)
+    assert bundle.extras["split"] == "folders" and bundle.extras["test_folder"] == str(tmp_path / name)
+    assert (bundle.train_size, bundle.test_size) == (6, 3)
+    assert f"{tmp_path} has no test/ folder: {name}/ is the test split." in caplog.text
+    np.testing.assert_array_equal(collect(bundle.test)[1], [0, 1, 1])
+
+
+def test_exif_orientation_turns_photos_upright(tmp_path):
+    """A JPEG whose EXIF says "rotated" (phone photos) decodes as Pillow's
+    ``exif_transpose`` shows it: the same JPEG without the tag, turned."""
+    pixels = np.random.RandomState(0).randint(0, 256, (16, 24, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "plain.jpg", quality=95)
+    plain = keras_decoded(str(tmp_path / "plain.jpg"))
+    turns = {1: plain, 2: plain[:, ::-1], 3: plain[::-1, ::-1], 4: plain[::-1], 5: plain.transpose(1, 0, 2),
+             6: np.rot90(plain, -1), 7: plain.transpose(1, 0, 2)[::-1, ::-1], 8: np.rot90(plain, 1)}
+    for orientation, expected in turns.items():
+        path = str(tmp_path / f"o{orientation}.jpg")
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(path, quality=95, exif=exif.tobytes())
+        upright = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+        assert upright.shape == expected.shape
+        assert folder.inspect(path)[:2] == expected.shape[:2]
+        np.testing.assert_array_equal(folder.read_images([path])[0], expected)
+    # 6: the phone held upright: a portrait (24 x 16) image, resized as such.
+    assert folder.read_images([str(tmp_path / "o6.jpg")], image_size=(12, 8)).shape == (1, 12, 8, 3)
 
 
 def _classes(root, spec):
@@ -125,6 +274,10 @@ def _classes(root, spec):
     (lambda r: (_classes(r, {"cat": 3, "dog": 3}),
                 open(os.path.join(r, "dog", "notes.jpg"), "w").write("not an image")), DataError,
      "notes.jpg is not a readable image"),
+    (lambda r: (_classes(r, {"cat": 3, "dog": 3}),
+                open(os.path.join(r, "dog", "cut.png"), "wb").write(
+                    open(os.path.join(r, "dog", "0.png"), "rb").read()[:60])), DataError,
+     "cut.png is not a readable image"),
     (lambda r: (_classes(r, {"cat": 3, "dog": 3}),
                 Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(os.path.join(r, "dog", "big.png"))),
      DataError, "pass --image_size=H,W"),

@@ -145,3 +145,20 @@ def test_profile_of_a_real_step_names_its_convolutions():
     assert wall > 0
     assert any("Conv2D" in kind for kind in by_type) and all(s >= 0 for s in by_type.values())
     assert not any("::" in kind for kind in by_type)
+
+
+def test_benchmark_folder_runs_and_writes_its_figures(tmp_path):
+    output = tmp_path / "folder.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.benchmark_folder", "--num_images=40", "--size=16", "--classes=2",
+         f"--folder={tmp_path / 'images'}", "--nets=tiny_cnn,tiny_cnn", "--batch_size=8", "--steps=2",
+         "--pipeline_batches=3", "--cores=0", f"--output={output}"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "pipeline:" in proc.stdout and "DML step:" in proc.stdout and "peak RSS:" in proc.stdout
+    results = json.loads(output.read_text())
+    assert results["images"] == 40 and results["cache"] == "none"
+    assert len([f for _, _, files in os.walk(tmp_path / "images") for f in files]) == 40
+    assert results["ratio"] == pytest.approx(results["pipeline_images_per_s"] / results["dml_step_images_per_s"])
+    assert 0 < results["peak_rss_mib_after_load"] <= results["peak_rss_mib_after_pipeline"] <= results["peak_rss_mib"]
