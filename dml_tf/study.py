@@ -260,6 +260,26 @@ def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=
     return report
 
 
+def report_only(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print,
+                focus_member=None, target_halfwidth=None):
+    """Writes the report of the study's finished runs without training anything (e.g. from a
+    published ``results/`` folder, whose ``ARM/seed_S/results.json`` are the runs); returns it."""
+    from dml_tf import run_dir, study_report
+
+    runs = plan(base, arms, list(seeds), study_dir)
+    baseline = baseline or arms[0].label
+    if not any(run_dir.is_finished(r.config.model_dir) for r in runs):
+        raise cfg.ConfigError(f"--report_only: {study_dir} holds no finished run of this study "
+                              "(ARM/seed_S/results.json).")
+    target = study_report.DEFAULT_TARGET if target_halfwidth is None else target_halfwidth / 100
+    report = study_report.write(runs, study_dir, baseline, log=log, focus_member=focus_member,
+                                target=target)
+    if export_dir:
+        export_evidence(runs, study_dir, export_dir)
+    log(study_report.verdict_lines(report))
+    return report
+
+
 # ------------------------------------------------------------------------ command line
 
 
@@ -288,6 +308,9 @@ def define_flags():
                      "'resolved': stopping once a result looks significant inflates false positives.")
     cli_flags.define("integer", "max_seeds", None, "With --target_halfwidth: the most seeds to run "
                      "(the seeds after --seeds are the next integers).")
+    cli_flags.define("bool", "report_only", False, "Train nothing: write the report of the runs "
+                     "already finished in --study_dir (e.g. --study_dir=results/STUDY rebuilds a "
+                     "published report from its results.json files).")
 
 
 def main(argv):
@@ -304,9 +327,13 @@ def main(argv):
     try:
         arms = [parse_arm(spec) for spec in FLAGS.arm]
         base = cfg.TrainConfig(**{name: FLAGS[name].value for name in cfg.FIELDS if name not in STUDY_SET})
-        run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
-                  focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth,
-                  max_seeds=FLAGS.max_seeds)
+        if FLAGS.report_only:
+            report_only(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
+                        focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth)
+        else:
+            run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
+                      focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth,
+                      max_seeds=FLAGS.max_seeds)
     except TrainingDivergedError as e:
         raise SystemExit(f"dml_tf.study: {e}") from None
     except (DMLError, ValueError) as e:  # cfg.ConfigError is a ValueError

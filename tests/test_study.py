@@ -447,3 +447,27 @@ def test_train_line_names_mixed_nets_as_they_are(tmp_path, monkeypatch):
         lines = []
         runner.run_or_reuse(cfg.TrainConfig(dataset="digits", nets=nets, model_dir=str(tmp_path)), log=lines.append)
         assert lines == [f"[train] {tmp_path}: {words} mode=dml, mimicry=kl, seed=0"]
+
+
+def test_report_only_rebuilds_the_report_from_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "train_run", lambda run, log: pytest.fail(f"trained {run.config.model_dir}"))
+    runs = _compact_study(tmp_path)
+    for run in runs[:6]:  # seeds 0 and 1 finished, seed 2 not started
+        _write_run(run, *COMPACT[run.arm, run.seed])
+    base = cfg.TrainConfig(dataset="cifar10", nets=("mobilenet", "resnet32"))
+    arms = [study.parse_arm("independent"), study.parse_arm("dml"),
+            study.parse_arm("distill:mode=distill;teacher=@independent:0")]
+    lines = []
+    report = study.report_only(base, arms, [0, 1, 2], str(tmp_path), export_dir=str(tmp_path / "out"),
+                               log=lines.append)
+    assert report["planned_runs"] == 9 and report["finished_runs"] == 6
+    written = json.loads((tmp_path / "study.json").read_text())
+    assert written == json.loads(json.dumps(study_report.build(runs, "independent")))
+    resnet = study_report.comparison(report["paired"][0], "member_1")
+    assert resnet["per_seed"] == pytest.approx([0.03, 0.01])
+    assert "not judged, a verdict needs 3 seeds" in lines[-1]
+    assert (tmp_path / "out" / "study.md").is_file()
+    assert (tmp_path / "out" / "dml" / "seed_1" / "results.json").is_file()
+    assert not (tmp_path / "out" / "dml" / "seed_2").exists()
+    with pytest.raises(cfg.ConfigError, match="holds no finished run of this study"):
+        study.report_only(base, arms, [0, 1, 2], str(tmp_path / "empty"), log=lines.append)
