@@ -52,7 +52,7 @@ def test_quick_start_and_test_commands():
     with open(flagfile) as f:
         assert "--model_dir=runs/quickstart_dml" in f.read()
     test_command = re.findall(r"```bash\n(.*?)\n```", readme_section("Tests"), re.S)[0]
-    assert test_command.split(" && ")[2:] == ['pip install -e ".[test]"', "python -m pytest -q tests"]
+    assert test_command.split(" && ")[2:] == ['pip install -e ".[test]"', "python -m pytest -q -n 2 --dist loadscope tests"]
 
 
 def test_your_own_data_commands_run_on_a_folder_of_real_images(tmp_path):

@@ -20,7 +20,7 @@ def test_benchmark_quick_writes_json(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tools.benchmark", "--quick", "--pytorch=false",
          "--baseline_tree=now=.", "--steps=2", "--pipeline_images=128", f"--output={output}"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "independent" in proc.stdout and "input pipeline" in proc.stdout
     results = json.loads(output.read_text())
