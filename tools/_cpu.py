@@ -13,27 +13,11 @@ the machine's).
 import os
 import platform
 
+from dml_tf._cpu import read_cpuinfo
+
 VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
                      "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "asimd", "sve")
 CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
-
-
-def read_cpuinfo(path="/proc/cpuinfo"):
-    """``(model name or None, set of flags)`` of the first processor in ``path``
-    (no file: ``(None, set())``)."""
-    model, cpu_flags = None, set()
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key in ("flags", "features") and not cpu_flags:
-                    cpu_flags = set(value.split())
-    except OSError:
-        pass
-    return model, cpu_flags
 
 
 def describe(path="/proc/cpuinfo", environ=None):
