@@ -32,7 +32,11 @@ rounds of PyTorch's step time over the row's, paired). A worker costs a pipe rou
 trip per step (well under a millisecond); ``--baseline_tree=now=.`` times this
 checkout's own steps in workers, to see that the two ways agree. It prints a table (images/s, ratio to the independent cost at the
 same XLA setting, the pipeline's speed over the fastest DML step's consumption) with
-the targets (printed, not asserted), and writes the figures as JSON.
+the targets (printed, not asserted), and writes the figures as JSON. The table's
+first line, and the JSON's ``host.cpu``, name the CPU model, its vector extensions
+(/proc/cpuinfo's flags: avx2, avx512f, ...) and any instruction-set cap in force
+(``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``: ``tools/_cpu.py``), so that a reader
+knows which kind of processor a row was measured on.
 
 Memory: ``peak_rss_mib`` is the process's peak resident set size so far
 (resource.getrusage ru_maxrss), read after each measurement: it only grows, so it
@@ -387,6 +391,11 @@ def run_benchmark(settings, log=print):
     import numpy as np
     import tensorflow as tf
 
+    from tools import _cpu
+
+    cpu = _cpu.describe()
+    log(_cpu.header(cpu))
+
     rng = np.random.default_rng(0)
     batch = settings["batch_size"]
     x = tf.constant(rng.normal(size=(batch, 32, 32, 3)).astype(np.float32))
@@ -439,7 +448,7 @@ def run_benchmark(settings, log=print):
         "settings": settings,
         "host": {"platform": platform.platform(), "python": platform.python_version(),
                  "tensorflow": tf.__version__, "keras": keras.__version__,
-                 "processor": processor_name(), "cpu_count": os.cpu_count(),
+                 "processor": cpu["model"], "cpu": cpu, "cpu_count": os.cpu_count(),
                  "devices": [d.name for d in tf.config.list_logical_devices()]},
         "rows": rows,
         "pipeline": pipe,
@@ -453,25 +462,16 @@ def run_benchmark(settings, log=print):
     }
 
 
-def processor_name():
-    """The CPU's model name (/proc/cpuinfo), or platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _number(value, spec, prefix=""):
     return "-" if value is None else f"{prefix}{value:{spec}}"
 
 
 def format_table(results):
     batch = results["settings"]["batch_size"]
-    lines = [f"nets={','.join(results['settings']['nets'])} batch={batch} "
+    from tools import _cpu
+
+    lines = [_cpu.header(results["host"]["cpu"]),
+             f"nets={','.join(results['settings']['nets'])} batch={batch} "
              f"rounds={results['settings']['steps']} (configurations timed in turns; median "
              f"step; model steps on an in-memory batch)",
              f"{'configuration':<30}{'XLA':<6}{'step ms':>10}{'images/s':>11}"
@@ -500,8 +500,7 @@ def format_table(results):
                  "setting); for the pipeline: its images/s over the fastest DML step's. "
                  "x PyTorch: median over rounds of the PyTorch loop's step time over the "
                  "row's (a speed ratio; rows in worker processes: pytorch, baseline trees). "
-                 f"Targets are printed, not asserted. CPU: {results['host']['processor']}, "
-                 f"{results['host']['cpu_count']} cores.")
+                 f"Targets are printed, not asserted. {results['host']['cpu_count']} cores.")
     lines.append(results["memory_note"])
     return "\n".join(lines)
 

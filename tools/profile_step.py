@@ -11,7 +11,8 @@ steps, --steps steps run under ``tf.profiler.experimental``; the trace's op even
 ``_MklNativeConv2DBackpropFilter``, over every executor thread. It prints, per
 configuration, the wall time of a step, the op time per step (over all threads, so it
 can exceed the wall time when ops run side by side), and the op types that take
-most of it; the JSON holds every op type.
+most of it; the JSON holds every op type. The first line (and the JSON's ``cpu``) names
+the CPU, its vector extensions and any instruction-set cap (``tools/_cpu.py``).
 """
 
 import os
@@ -104,12 +105,14 @@ def main(argv):
     import tensorflow as tf
 
     from dml_tf.io_utils import atomic_write_json
-    from tools import benchmark
+    from tools import _cpu, benchmark
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(FLAGS.batch_size, 32, 32, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, FLAGS.num_classes, size=(FLAGS.batch_size,)).astype(np.int32))
     settings = {"nets": FLAGS.nets, "num_classes": FLAGS.num_classes}
+    cpu = _cpu.describe()
+    print(_cpu.header(cpu))
     results = {}
     for name in FLAGS.configurations:
         step = benchmark.make_step(name, settings, x, y, FLAGS.jit_compile)
@@ -123,7 +126,7 @@ def main(argv):
     if FLAGS.output:
         atomic_write_json(FLAGS.output, {"settings": {**settings, "batch_size": FLAGS.batch_size,
                                                       "jit_compile": FLAGS.jit_compile},
-                                         "configurations": results})
+                                         "cpu": cpu, "configurations": results})
         print(f"wrote {FLAGS.output}")
 
 

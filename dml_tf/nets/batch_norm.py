@@ -11,12 +11,47 @@ correction is undone), inference uses the moving statistics, float16 and bfloat1
 inputs are normalised in float32. Where the fused kernel does not apply (not a 4-D
 channels-last float input, a mask, ``renorm``, ``synchronized``) it is Keras' layer.
 The numbers differ from Keras' only by float rounding (tests/nets/test_batch_norm.py).
+
+The training forward is ``"fused"`` (the one op) or ``"split"``: the batch moments and
+the affine normalisation as separate ops, with the fused op's gradient
+(``FusedBatchNormGradV3``, given the batch mean and biased variance as the fused
+forward saves them). oneDNN's fused forward for channels-last data is fast with
+AVX-512 but slow where oneDNN runs at most AVX2 (AMD processors before Zen 4, older
+and consumer Intel, or ``ONEDNN_MAX_CPU_ISA=AVX2``): there it is about 10x its AVX-512
+time and 30% of a ResNet-32 cohort step, where its backward is fine
+(``tools/ISA_SPEED.md``). ``TRAINING_FORWARD`` is chosen at import: the environment
+variable ``DML_TF_BATCH_NORM`` (``fused`` or ``split``) when set, else ``split`` on an
+x86 processor whose oneDNN instruction set is at most AVX2 and ``fused`` elsewhere.
 """
+
+import logging
+import os
 
 import keras
 import tensorflow as tf
 
 from keras import ops
+
+from dml_tf import _cpu
+
+ENV_VARIABLE = "DML_TF_BATCH_NORM"
+FORWARDS = ("fused", "split")
+
+
+def default_forward(cpu_flags, environ):
+    """The training forward for a processor with /proc/cpuinfo ``cpu_flags`` under
+    ``environ``: ``environ[DML_TF_BATCH_NORM]`` when set, else ``split`` where oneDNN
+    runs at most AVX2 (:func:`dml_tf._cpu.onednn_at_most_avx2`), else ``fused``."""
+    chosen = environ.get(ENV_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in FORWARDS:
+            raise ValueError(f"{ENV_VARIABLE} must be fused or split; got {environ[ENV_VARIABLE]!r}.")
+        return chosen
+    return "split" if _cpu.onednn_at_most_avx2(cpu_flags, environ) else "fused"
+
+
+TRAINING_FORWARD = default_forward(_cpu.read_cpuinfo()[1], os.environ)
+logging.getLogger("dml_tf").debug("batch normalisation: %s training forward", TRAINING_FORWARD)
 
 
 def _fused(x, scale, offset, mean, variance, epsilon, training):
@@ -26,6 +61,38 @@ def _fused(x, scale, offset, mean, variance, epsilon, training):
         x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=epsilon,
         data_format="NHWC", is_training=training)
     return y, batch_mean, batch_variance
+
+
+def _split(x, scale, offset, epsilon):
+    """The fused training forward as separate ops, ``(y, batch mean, biased batch
+    variance)``; its gradient is the fused op's. The batch statistics are not
+    differentiated (they only feed the moving averages), as with the fused op."""
+
+    @tf.custom_gradient
+    def forward(x, scale, offset):
+        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        a = scale * tf.math.rsqrt(variance + epsilon)
+
+        def gradient(dy, *_statistics):
+            dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=scale, reserve_space_1=mean, reserve_space_2=variance,
+                reserve_space_3=tf.zeros([0], x.dtype), epsilon=epsilon, data_format="NHWC",
+                is_training=True)
+            return dx, dscale, doffset
+
+        return (x * a + (offset - mean * a), mean, variance), gradient
+
+    return forward(x, scale, offset)
+
+
+def _training_forward(x, scale, offset, epsilon):
+    """``(y, batch mean, biased batch variance)`` by ``TRAINING_FORWARD``."""
+    if TRAINING_FORWARD == "split":
+        return _split(x, scale, offset, epsilon)
+    empty = tf.constant([], "float32")
+    y, mean, unbiased = _fused(x, scale, offset, empty, empty, epsilon, True)
+    count = tf.cast(tf.size(x) // x.shape[-1], "float32")
+    return y, mean, unbiased * (tf.maximum(count - 1.0, 1.0) / count)  # Keras': biased
 
 
 @keras.saving.register_keras_serializable(package="dml_tf")
@@ -48,10 +115,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         gamma = ops.cast(self.gamma, "float32") if self.scale else tf.ones([channels], "float32")
         beta = ops.cast(self.beta, "float32") if self.center else tf.zeros([channels], "float32")
         if training and self.trainable:
-            empty = tf.constant([], "float32")
-            y, mean, unbiased = _fused(x, gamma, beta, empty, empty, self.epsilon, True)
-            count = tf.cast(tf.size(x) // channels, "float32")
-            variance = unbiased * (tf.maximum(count - 1.0, 1.0) / count)  # Keras': biased
+            y, mean, variance = _training_forward(x, gamma, beta, self.epsilon)
             m = self.momentum
             self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * m + mean * (1.0 - m))
             self.moving_variance.assign(

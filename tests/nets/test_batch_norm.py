@@ -1,6 +1,7 @@
 """dml_tf.nets.batch_norm.BatchNormalization computes Keras' BatchNormalization (TensorFlow's fused kernel):
-outputs, gradients and moving statistics equal to float rounding, Keras' layer where the
-kernel does not apply, saving, and the networks use it."""
+outputs, gradients and moving statistics equal to float rounding with either training
+forward (fused, split), Keras' layer where the kernel does not apply, saving, and the
+networks use it; which forward a processor gets."""
 
 import keras
 import numpy as np
@@ -8,9 +9,17 @@ import pytest
 import tensorflow as tf
 
 from dml_tf import nets
+from dml_tf.nets import batch_norm
 from dml_tf.nets.batch_norm import BatchNormalization as FusedBatchNormalization
 
 RTOL, ATOL = 2e-5, 2e-5
+
+
+@pytest.fixture(params=batch_norm.FORWARDS)
+def forward(request, monkeypatch):
+    """Each training forward in turn."""
+    monkeypatch.setattr(batch_norm, "TRAINING_FORWARD", request.param)
+    return request.param
 
 
 def _pair(shape, seed=0, **config):
@@ -46,7 +55,7 @@ def _images(shape=(6, 5, 4, 3), seed=1):
 
 @pytest.mark.parametrize("scale,center", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("training", [True, False])
-def test_same_outputs_gradients_and_moving_statistics_as_keras(scale, center, training):
+def test_same_outputs_gradients_and_moving_statistics_as_keras(scale, center, training, forward):
     x = _images()
     keras_bn, fused = _pair(x.shape, momentum=0.9, epsilon=1e-5, scale=scale, center=center)
     for _ in range(2):  # the second step starts from the first's moving statistics
@@ -60,7 +69,7 @@ def test_same_outputs_gradients_and_moving_statistics_as_keras(scale, center, tr
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL)
 
 
-def test_moving_variance_is_the_biased_batch_variance_as_keras():
+def test_moving_variance_is_the_biased_batch_variance_as_keras(forward):
     x = _images((2, 3, 1, 2))  # 6 values per channel: n / (n - 1) = 1.2 would show
     layer = FusedBatchNormalization(momentum=0.0)
     layer(x, training=True)
@@ -69,14 +78,14 @@ def test_moving_variance_is_the_biased_batch_variance_as_keras():
     np.testing.assert_allclose(layer.moving_mean.numpy(), x.numpy().reshape(-1, 2).mean(0), rtol=1e-5)
 
 
-def test_epsilon_below_the_fused_wrappers_floor_is_kept():
+def test_epsilon_below_the_fused_wrappers_floor_is_kept(forward):
     # tf.nn.fused_batch_norm would raise epsilon to 1.001e-5; a tiny-variance channel shows it.
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 3, 3, 2)).astype(np.float32) * 1e-3)
     keras_bn, fused = _pair(x.shape, epsilon=1e-7)
     np.testing.assert_allclose(fused(x, training=True), keras_bn(x, training=True), rtol=1e-4, atol=1e-4)
 
 
-def test_float16_policy_normalises_in_float32_and_returns_float16():
+def test_float16_policy_normalises_in_float32_and_returns_float16(forward):
     x = _images()
     keras_bn = keras.layers.BatchNormalization(dtype="mixed_float16")
     fused = FusedBatchNormalization(dtype="mixed_float16")
@@ -97,7 +106,7 @@ def test_keras_layer_where_the_fused_kernel_does_not_apply(shape, axis):
         np.testing.assert_array_equal(fused(x, training=training), keras_bn(x, training=training))
 
 
-def test_stateless_call_returns_statistics_and_leaves_variables_alone():
+def test_stateless_call_returns_statistics_and_leaves_variables_alone(forward):
     """What the cohort's refresh forward (Algorithm 1) relies on."""
     x = _images()
     keras_bn, fused = _pair(x.shape)
@@ -173,3 +182,52 @@ def test_keras_application_batch_norms_become_fused_with_their_weights():
     assert all(type(layer) is FusedBatchNormalization and layer.momentum == 0.5 for layer in norms)
     assert not any(type(layer) is FusedBatchNormalization
                    for layer in export.all_layers(export.portable(member)))
+
+
+def test_split_forward_is_the_fused_ops_function_and_gradient_in_a_tf_function():
+    x = _images((8, 6, 6, 16))
+    dy = _images((8, 6, 6, 16), seed=2)
+    scale, offset = tf.constant(np.linspace(0.5, 2.0, 16, dtype=np.float32)), tf.zeros([16]) + 0.3
+
+    @tf.function
+    def run(split):
+        with tf.GradientTape() as tape:
+            tape.watch([x, scale, offset])
+            if split:
+                y, mean, variance = batch_norm._split(x, scale, offset, 1e-3)
+            else:
+                y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                    x=x, scale=scale, offset=offset, mean=tf.constant([], tf.float32),
+                    variance=tf.constant([], tf.float32), epsilon=1e-3, is_training=True)
+        return (y, mean), tape.gradient(y, [x, scale, offset], output_gradients=dy)
+
+    (y_split, mean_split), g_split = run(True)
+    (y_fused, mean_fused), g_fused = run(False)
+    np.testing.assert_allclose(y_split, y_fused, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(mean_split, mean_fused, rtol=RTOL, atol=ATOL)
+    for a, b in zip(g_split, g_fused):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+AVX2 = {"fpu", "sse4_2", "avx", "avx2", "fma"}
+AVX512 = AVX2 | {"avx512f", "avx512bw"}
+
+
+@pytest.mark.parametrize("cpu_flags,environ,expected", [
+    (AVX2, {}, "split"),  # e.g. AMD Zen 2 / 3
+    (AVX512, {}, "fused"),
+    (AVX512, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "split"),  # an AVX2 processor emulated
+    (AVX512, {"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "fused"),
+    (AVX512, {"ONEDNN_MAX_CPU_ISA": "ALL"}, "fused"),
+    ({"fp", "asimd"}, {}, "fused"),  # ARM
+    (set(), {}, "fused"),  # no /proc/cpuinfo
+    (AVX2, {"DML_TF_BATCH_NORM": "fused"}, "fused"),  # the user's choice wins
+    (AVX512, {"DML_TF_BATCH_NORM": " Split "}, "split"),
+])
+def test_default_forward_is_split_where_onednn_runs_at_most_avx2(cpu_flags, environ, expected):
+    assert batch_norm.default_forward(cpu_flags, environ) == expected
+
+
+def test_default_forward_names_a_bad_variable():
+    with pytest.raises(ValueError, match="DML_TF_BATCH_NORM must be fused or split; got 'cudnn'"):
+        batch_norm.default_forward(AVX2, {"DML_TF_BATCH_NORM": "cudnn"})

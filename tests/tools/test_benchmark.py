@@ -16,7 +16,8 @@ from paths import ROOT
 def test_benchmark_quick_writes_json(tmp_path):
     output = tmp_path / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
-               KERAS_BACKEND="tensorflow")
+               KERAS_BACKEND="tensorflow", ONEDNN_MAX_CPU_ISA="AVX2")
+    env.pop("ATEN_CPU_CAPABILITY", None)
     proc = subprocess.run(
         [sys.executable, "-m", "tools.benchmark", "--quick", "--pytorch=false",
          "--baseline_tree=now=.", "--steps=2", "--pipeline_images=128", f"--output={output}"],
@@ -25,6 +26,12 @@ def test_benchmark_quick_writes_json(tmp_path):
     assert "independent" in proc.stdout and "input pipeline" in proc.stdout
     results = json.loads(output.read_text())
 
+    from tools import _cpu
+    cpu = results["host"]["cpu"]
+    assert cpu == _cpu.describe(environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert cpu["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    table = proc.stdout[proc.stdout.index("nets=tiny_cnn,tiny_cnn") - len(_cpu.header(cpu)) - 1:]
+    assert table.startswith(_cpu.header(cpu) + "\n")  # the table's first line names the CPU
     assert results["settings"]["nets"] == ["tiny_cnn", "tiny_cnn"]
     assert results["settings"]["quick"] is True
     names = [(r["name"], r["jit_compile"]) for r in results["rows"]]
@@ -162,3 +169,34 @@ def test_benchmark_folder_runs_and_writes_its_figures(tmp_path):
     assert len([f for _, _, files in os.walk(tmp_path / "images") for f in files]) == 40
     assert results["ratio"] == pytest.approx(results["pipeline_images_per_s"] / results["dml_step_images_per_s"])
     assert 0 < results["peak_rss_mib_after_load"] <= results["peak_rss_mib_after_pipeline"] <= results["peak_rss_mib"]
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 sse4_2 avx avx2 fma bmi2
+
+processor\t: 1
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu sse sse2 sse4_2 avx avx2 fma bmi2 avx512f
+"""
+
+
+def test_cpu_description_names_the_vector_extensions_and_the_isa_cap(tmp_path):
+    from tools import _cpu
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    environ = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1"}
+    cpu = _cpu.describe(str(cpuinfo), environ)
+    assert cpu == {"model": "AMD EPYC 7B13", "vector_extensions": ["sse4_2", "avx", "avx2", "fma"],
+                   "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}}
+    assert _cpu.header(cpu) == ("CPU: AMD EPYC 7B13; vector extensions: sse4_2 avx avx2 fma; "
+                                "instruction set capped: ONEDNN_MAX_CPU_ISA=AVX2, "
+                                "ATEN_CPU_CAPABILITY=avx2")
+    native = _cpu.describe(str(cpuinfo), {})
+    assert native["isa_caps"] == {} and native["vector_extensions"] == cpu["vector_extensions"]
+    assert _cpu.header(native).endswith("; no instruction-set cap")
+    missing = _cpu.describe(str(tmp_path / "none"), {})
+    assert missing["vector_extensions"] is None
+    assert "vector extensions: unknown;" in _cpu.header(missing)
