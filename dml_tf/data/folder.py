@@ -170,6 +170,15 @@ def _resized(image, size):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def _image_store(shape):
+    """A uint8 ``tf.Variable`` of ``shape`` (zeros, on the CPU) for the memory cache, filled
+    in place batch by batch (``scatter_update``): the decoded images are held once. A ``tf.constant`` of them
+    would hold them three times over (two copies made by ``tf.constant``, one more by the
+    ``tf.data`` pipelines that capture it); a variable is captured by reference."""
+    with tf.init_scope(), tf.device("/cpu:0"):
+        return tf.Variable(tf.zeros(shape, tf.uint8), trainable=False, name="folder_image_cache")
+
+
 def _raw_name(index):
     return f"{index:08d}.u8"
 
@@ -186,7 +195,7 @@ class ImageFiles:
         self.size, self.resize = tuple(int(v) for v in size), bool(resize)
         self.shape = (len(self.paths),) + self.size + (3,)
         self.cache = "none"
-        self._backing = None  # the decoded images (a constant), or the cache folder
+        self._backing = None  # the decoded images (a uint8 variable), or the cache folder
 
     def __len__(self):
         return len(self.paths)
@@ -218,7 +227,7 @@ class ImageFiles:
 
     def fetch_fn(self):
         """``fetch(index) -> uint8 image (H, W, 3)``: from the cache, else decoded."""
-        if isinstance(self._backing, tf.Tensor):
+        if isinstance(self._backing, tf.Variable):
             images = self._backing
             return lambda index: tf.gather(images, index)
         if isinstance(self._backing, str):
@@ -294,15 +303,12 @@ class ImageFiles:
         if cache == "none":
             return self.scan(histogram)
         if cache == "memory":
-            array, channels = self.to_array()
-            self._backing = tf.constant(array)
-            del array
-            return (self._histogram() if histogram else None), channels
+            store = _image_store(self.shape)
+            result = self.scan(histogram, keep=lambda start, images: store.scatter_update(
+                tf.IndexedSlices(images, tf.range(start, start + len(images)))))  # in place; a slice assign copies
+            self._backing = store
+            return result
         return self._load_folder(cache, histogram)
-
-    def _histogram(self):
-        images = self._backing.numpy()
-        return np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(3)])
 
     def cache_key(self):
         """A digest of the files (paths, sizes, modification times, orientations) and the size."""
