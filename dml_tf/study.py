@@ -215,6 +215,19 @@ def check_stopping(seeds, target_halfwidth, max_seeds):
         raise cfg.ConfigError(f"--max_seeds={max_seeds} is fewer than the {len(seeds)} seeds of --seeds.")
 
 
+def _baseline_and_target(arms, baseline, target_halfwidth):
+    """The baseline arm's label (default: the first arm; ConfigError when it is not an
+    arm) and the target half-width as a fraction (``target_halfwidth`` is in points)."""
+    from dml_tf import study_report
+
+    baseline = baseline or arms[0].label
+    if baseline not in [arm.label for arm in arms]:
+        raise cfg.ConfigError(f"--baseline {baseline!r} is not an arm; the arms are "
+                              f"{', '.join(arm.label for arm in arms)}.")
+    target = study_report.DEFAULT_TARGET if target_halfwidth is None else target_halfwidth / 100
+    return baseline, target
+
+
 def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print,
               focus_member=None, target_halfwidth=None, max_seeds=None):
     """Trains (or reuses) every run of the study and writes its report after each; returns
@@ -225,13 +238,9 @@ def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=
     from dml_tf import study_report
 
     check_stopping(seeds, target_halfwidth, max_seeds)
-    target = study_report.DEFAULT_TARGET if target_halfwidth is None else target_halfwidth / 100
+    baseline, target = _baseline_and_target(arms, baseline, target_halfwidth)
     seeds = list(seeds)
     runs = plan(base, arms, seeds, study_dir)
-    baseline = baseline or arms[0].label
-    if baseline not in [arm.label for arm in arms]:
-        raise cfg.ConfigError(f"--baseline {baseline!r} is not an arm; the arms are "
-                              f"{', '.join(arm.label for arm in arms)}.")
     os.makedirs(study_dir, exist_ok=True)
     done, report = set(), None
     while True:
@@ -266,12 +275,11 @@ def report_only(base, arms, seeds, study_dir, baseline=None, export_dir=None, lo
     published ``results/`` folder, whose ``ARM/seed_S/results.json`` are the runs); returns it."""
     from dml_tf import run_dir, study_report
 
+    baseline, target = _baseline_and_target(arms, baseline, target_halfwidth)
     runs = plan(base, arms, list(seeds), study_dir)
-    baseline = baseline or arms[0].label
     if not any(run_dir.is_finished(r.config.model_dir) for r in runs):
         raise cfg.ConfigError(f"--report_only: {study_dir} holds no finished run of this study "
                               "(ARM/seed_S/results.json).")
-    target = study_report.DEFAULT_TARGET if target_halfwidth is None else target_halfwidth / 100
     report = study_report.write(runs, study_dir, baseline, log=log, focus_member=focus_member,
                                 target=target)
     if export_dir:

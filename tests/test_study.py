@@ -471,3 +471,5 @@ def test_report_only_rebuilds_the_report_from_finished_runs_and_trains_nothing(t
     assert not (tmp_path / "out" / "dml" / "seed_2").exists()
     with pytest.raises(cfg.ConfigError, match="holds no finished run of this study"):
         study.report_only(base, arms, [0, 1, 2], str(tmp_path / "empty"), log=lines.append)
+    with pytest.raises(cfg.ConfigError, match="--baseline 'teacher' is not an arm"):
+        study.report_only(base, arms, [0, 1, 2], str(tmp_path), baseline="teacher", log=lines.append)
