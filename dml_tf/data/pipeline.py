@@ -237,12 +237,17 @@ class StoredImages:
         return lambda index: tf.gather(store, index)
 
 
+def _held_once(images):
+    """``images`` as an image source: an array copied into a :class:`StoredImages`."""
+    return images if hasattr(images, "fetch_fn") else StoredImages(images)
+
+
 def _fetcher(images):
     """``fetch(index) -> image`` of ``images``: an image source that reads its images
     itself (``images.fetch_fn()``: :class:`StoredImages`, or
     :class:`dml_tf.data.folder.ImageFiles`, which streams them from disk), or an
     in-memory array (copied once into a :class:`StoredImages`)."""
-    return (images if hasattr(images, "fetch_fn") else StoredImages(images)).fetch_fn()
+    return _held_once(images).fetch_fn()
 
 
 def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer=None):
@@ -300,11 +305,6 @@ def eval_dataset(images, labels, batch_size, mean, std):
         .prefetch(AUTOTUNE)
     )
     return dataset.with_options(deterministic_options())
-
-
-def _held_once(images):
-    """``images`` as an image source: an array moved into a :class:`StoredImages`."""
-    return images if hasattr(images, "fetch_fn") else StoredImages(images)
 
 
 def classification_bundle(
