@@ -121,9 +121,44 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
+
+
+class _ArchiveReadError(Exception):
+    """Reading an archive member failed: the archive is broken, not the pickle in it."""
+
+
+class _MemberReader:
+    """A tar member's file object for the unpickler: its read errors are
+    :class:`_ArchiveReadError` (a truncated pickle also ends in EOFError)."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def _guarded(self, method, *args):
+        try:
+            return method(*args)
+        except _ARCHIVE_ERRORS as err:
+            raise _ArchiveReadError(err) from err
+
+    def read(self, *args):
+        return self._guarded(self._file.read, *args)
+
+    def readline(self, *args):
+        return self._guarded(self._file.readline, *args)
+
+    def readinto(self, buffer):
+        return self._guarded(self._file.readinto, buffer)
+
+
 def _unpickle(raw, source):
+    """The object pickled in ``raw`` (bytes, or a binary file read as it goes: the
+    pickle is never held twice); DataError naming ``source`` when it is not readable."""
     try:
-        return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        return _RestrictedUnpickler(io.BytesIO(raw) if isinstance(raw, (bytes, bytearray)) else raw,
+                                    encoding="bytes").load()
+    except _ArchiveReadError:
+        raise
     except Exception as err:  # pickle raises many types on bad input
         raise DataError(f"{source} is not a readable CIFAR pickle ({type(err).__name__}: {err}).") from err
 
@@ -136,10 +171,22 @@ def _get(batch, key):
 
 
 def parse_batch(raw, source, label_key):
-    """One pickled CIFAR batch -> ``(images uint8 (N, 32, 32, 3) HWC, labels int32 (N,))``.
+    """One pickled CIFAR batch (bytes or a binary file) -> ``(images uint8 (N, 32, 32, 3)
+    HWC, labels int32 (N,))``.
 
     ``source`` names the file in error messages.
     """
+    rows, labels = _batch_rows(raw, source, label_key)
+    return np.ascontiguousarray(_to_nhwc(rows)), labels
+
+
+def _to_nhwc(rows):
+    """CIFAR rows (N, 3072), CHW order -> a (N, 32, 32, 3) HWC view of them."""
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def _batch_rows(raw, source, label_key):
+    """One pickled CIFAR batch -> ``(b"data" uint8 (N, 3072), labels int32 (N,))``, checked."""
     batch = _unpickle(raw, source)
     if not isinstance(batch, dict):
         raise DataError(f"{source}: expected a pickled dict with b'data' and {label_key!r}, got {type(batch).__name__}.")
@@ -153,8 +200,7 @@ def parse_batch(raw, source, label_key):
     labels = np.asarray(labels)
     if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{source}: {label_key!r} must hold {data.shape[0]} integer labels, got {labels.dtype} {labels.shape}.")
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW rows -> NHWC
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    return data, labels.astype(np.int32)
 
 
 def _names(raw, source, names_key):
@@ -197,8 +243,10 @@ def _find_source(name, data_dir):
     )
 
 
-def _read_archive(name, path):
-    """``{file name: bytes}`` of the batches (and meta, if present) in the archive."""
+def _parse_archive(name, path, parse):
+    """``{file name: parse(file name, file object)}`` of the batches (and meta) in the
+    archive, each parsed as it is read; DataError when the archive cannot be read or
+    lacks a batch."""
     layout = _layout(name)
     wanted = {f"{layout['folder']}/{f}": f for f in layout["files"]}
     found = {}
@@ -206,8 +254,10 @@ def _read_archive(name, path):
         with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 if member.name in wanted and member.isfile():
-                    found[wanted[member.name]] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+                    f = wanted[member.name]
+                    found[f] = parse(f, _MemberReader(tar.extractfile(member)))
+    except (_ArchiveReadError, *_ARCHIVE_ERRORS) as err:
+        err = err.__cause__ if isinstance(err, _ArchiveReadError) else err
         raise DataError(
             f"Could not read {path} ({type(err).__name__}: {err}): expected the intact {layout['archive']} "
             f"from {download_url(name)}; it may be truncated or corrupt -- download it again."
@@ -221,15 +271,28 @@ def _read_archive(name, path):
     return found
 
 
-def _read_folder(name, folder):
-    layout = _layout(name)
-    files = {}
-    for f in layout["files"]:
+def _parse_folder(name, folder, parse):
+    """``{file name: parse(file name, open file)}`` of the batches (and meta, if present)
+    in ``folder``."""
+    found = {}
+    for f in _layout(name)["files"]:
         path = os.path.join(folder, f)
         if os.path.isfile(path):
             with open(path, "rb") as handle:
-                files[f] = handle.read()
-    return files
+                found[f] = parse(f, handle)
+    return found
+
+
+def _stacked(parts):
+    """The images of ``parts`` (a list of ``(CIFAR rows, labels)``, emptied as it goes) in
+    one uint8 NHWC array: each batch is copied once, HWC, and dropped."""
+    images = np.empty((sum(len(rows) for rows, _ in parts),) + IMAGE_SHAPE, np.uint8)
+    start = 0
+    while parts:
+        rows, _ = parts.pop(0)
+        np.copyto(images[start:start + len(rows)], _to_nhwc(rows))
+        start += len(rows)
+    return images
 
 
 def read_arrays(name, data_dir):
@@ -238,28 +301,31 @@ def read_arrays(name, data_dir):
     Returns a dict with ``train_images``/``test_images`` (uint8 NHWC, RGB),
     ``train_labels``/``test_labels`` (int32) and ``class_names`` (list or None).
     Raises DatasetNotFoundError when the files are not there, DataError when they
-    are malformed.
+    are malformed. Each file is parsed as it is read and each image copied once (HWC):
+    the images are held at most twice while reading (the pickled rows, the array).
     """
     layout = _layout(name)
     kind, path = _find_source(name, data_dir)
-    files = _read_archive(name, path) if kind == "archive" else _read_folder(name, path)
 
     def source(f):
         return f"{path}:{layout['folder']}/{f}" if kind == "archive" else os.path.join(path, f)
 
-    arrays = {}
+    def parse(f, file):
+        if f == layout["meta"]:
+            return _names(file, source(f), layout["names_key"])
+        return _batch_rows(file, source(f), layout["label_key"])
+
+    batches = (_parse_archive if kind == "archive" else _parse_folder)(name, path, parse)
+    arrays = {"class_names": batches.pop(layout["meta"], None)}
     for split in ("train", "test"):
-        parts = [parse_batch(files[f], source(f), layout["label_key"]) for f in layout[split]]
-        arrays[f"{split}_images"] = np.concatenate([p[0] for p in parts])
-        arrays[f"{split}_labels"] = np.concatenate([p[1] for p in parts])
-        labels = arrays[f"{split}_labels"]
+        parts = [batches.pop(f) for f in layout[split]]
+        labels = np.concatenate([p[1] for p in parts])
         if labels.size and (labels.min() < 0 or labels.max() >= layout["num_classes"]):
             raise DataError(
                 f"{source(layout[split][0])}: labels must lie in [0, {layout['num_classes']}), "
                 f"found [{labels.min()}, {labels.max()}]."
             )
-    meta = layout["meta"]
-    arrays["class_names"] = _names(files[meta], source(meta), layout["names_key"]) if meta in files else None
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = _stacked(parts), labels
     return arrays
 
 

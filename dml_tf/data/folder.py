@@ -170,15 +170,6 @@ def _resized(image, size):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def _image_store(shape):
-    """A uint8 ``tf.Variable`` of ``shape`` (zeros, on the CPU) for the memory cache, filled
-    in place batch by batch (``scatter_update``): the decoded images are held once. A ``tf.constant`` of them
-    would hold them three times over (two copies made by ``tf.constant``, one more by the
-    ``tf.data`` pipelines that capture it); a variable is captured by reference."""
-    with tf.init_scope(), tf.device("/cpu:0"):
-        return tf.Variable(tf.zeros(shape, tf.uint8), trainable=False, name="folder_image_cache")
-
-
 def _raw_name(index):
     return f"{index:08d}.u8"
 
@@ -303,9 +294,8 @@ class ImageFiles:
         if cache == "none":
             return self.scan(histogram)
         if cache == "memory":
-            store = _image_store(self.shape)
-            result = self.scan(histogram, keep=lambda start, images: store.scatter_update(
-                tf.IndexedSlices(images, tf.range(start, start + len(images)))))  # in place; a slice assign copies
+            store = pipeline.image_store(self.shape, name="folder_image_cache")
+            result = self.scan(histogram, keep=lambda start, images: pipeline.store_images(store, start, images))
             self._backing = store
             return result
         return self._load_folder(cache, histogram)

@@ -155,23 +155,39 @@ def histogram_stats(counts):
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+STORE_CHUNK_BYTES = 2 ** 24  # the images a store fill converts to a tensor at once
+STATS_CHUNK_BYTES = 2 ** 20  # the images channel_stats casts at once (bincount: to int64, 8x)
+
+
+def _chunks(images, chunk_bytes):
+    """``(start, images[start:stop])`` over ``images`` (an array), about ``chunk_bytes`` at once."""
+    step = max(1, chunk_bytes // max(1, images[:1].nbytes))
+    for start in range(0, len(images), step):
+        yield start, images[start:start + step]
+
+
 def channel_stats(images):
     """Per-channel mean and standard deviation of NHWC ``images`` on the [0, 1] scale.
 
-    uint8 images are counted exactly through a 256-bin histogram per channel (no
-    float copy of the data set, :func:`histogram_stats`); float images (already in
-    [0, 1]) in float64. Returns two float32 arrays of shape ``(channels,)``.
+    uint8 images are counted exactly through a 256-bin histogram per channel
+    (:func:`histogram_stats`); float images (already in [0, 1]) in float64 (the mean,
+    then the mean squared deviation from it). Both go through the images a chunk at a
+    time: no integer or float copy of the whole set. Returns two float32 arrays of
+    shape ``(channels,)``.
     """
     images = np.asarray(images)
     channels = images.shape[-1]
     if images.dtype == np.uint8:
-        return histogram_stats([np.bincount(images[..., c].ravel(), minlength=256) for c in range(channels)])
-    mean = np.zeros(channels, np.float64)
-    std = np.zeros(channels, np.float64)
-    for c in range(channels):
-        plane = images[..., c].astype(np.float64)
-        mean[c], std[c] = plane.mean(), plane.std()
-    std = np.maximum(std, 1e-6)
+        counts = np.zeros((channels, 256), np.int64)
+        for _, chunk in _chunks(images, STATS_CHUNK_BYTES):
+            for c in range(channels):
+                counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
+        return histogram_stats(counts)
+    chunks = [chunk.reshape(-1, channels) for _, chunk in _chunks(images, STATS_CHUNK_BYTES)]  # views
+    total = max(1, images.size // channels)
+    mean = sum((chunk.sum(axis=0, dtype=np.float64) for chunk in chunks), np.zeros(channels)) / total
+    var = sum((((chunk - mean) ** 2).sum(axis=0) for chunk in chunks), np.zeros(channels))
+    std = np.maximum(np.sqrt(var / total), 1e-6)
     return mean.astype(np.float32), std.astype(np.float32)
 
 
@@ -186,14 +202,52 @@ def _static_shape(images):
     return tuple(int(d) for d in images.shape[1:])
 
 
+def image_store(shape, dtype=tf.uint8, name="image_store"):
+    """A ``tf.Variable`` of zeros of ``shape`` on the CPU, to be filled in place by
+    :func:`store_images`: images held once. A ``tf.constant`` of them would hold them
+    three times over (two copies made by ``tf.constant``, one more by the ``tf.data``
+    pipelines that capture it); a variable is captured by reference."""
+    with tf.init_scope(), tf.device("/cpu:0"):
+        return tf.Variable(tf.zeros(shape, dtype), trainable=False, name=name)
+
+
+def store_images(store, start, images):
+    """Writes ``images`` into ``store[start:start + len(images)]`` in place
+    (``scatter_update``; a slice assign copies the variable)."""
+    store.scatter_update(tf.IndexedSlices(images, tf.range(start, start + len(images))))
+
+
+class StoredImages:
+    """An in-memory array as an image source (see :func:`_fetcher`): its images copied,
+    a chunk at a time, into one :func:`image_store`; ``len``, ``shape``, ``dtype``."""
+
+    def __init__(self, images):
+        images = np.asarray(images)
+        self.shape, self.dtype = images.shape, images.dtype
+        self.store = image_store(images.shape, tf.as_dtype(images.dtype), name="in_memory_images")
+        for start, chunk in _chunks(images, STORE_CHUNK_BYTES):
+            store_images(self.store, start, chunk)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def fetch_fn(self):
+        """``fetch(index) -> image``, gathered from the store."""
+        store = self.store
+        return lambda index: tf.gather(store, index)
+
+
+def _held_once(images):
+    """``images`` as an image source: an array copied into a :class:`StoredImages`."""
+    return images if hasattr(images, "fetch_fn") else StoredImages(images)
+
+
 def _fetcher(images):
-    """``fetch(index) -> image`` of ``images``: an in-memory array (one constant, gathered
-    from), or an image source that reads its images itself (``images.fetch_fn()``, e.g.
-    :class:`dml_tf.data.folder.ImageFiles`, which streams them from disk)."""
-    if hasattr(images, "fetch_fn"):
-        return images.fetch_fn()
-    images_t = tf.constant(images)
-    return lambda index: tf.gather(images_t, index)
+    """``fetch(index) -> image`` of ``images``: an image source that reads its images
+    itself (``images.fetch_fn()``: :class:`StoredImages`, or
+    :class:`dml_tf.data.folder.ImageFiles`, which streams them from disk), or an
+    in-memory array (copied once into a :class:`StoredImages`)."""
+    return _held_once(images).fetch_fn()
 
 
 def train_dataset(images, labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer=None):
@@ -286,7 +340,9 @@ def classification_bundle(
 
     The images may be image sources that stream from disk (:func:`_fetcher`) rather than
     arrays; ``prepare(train_images, test_images) -> (mean, std)`` then replaces
-    :func:`channel_stats` (e.g. one streamed pass over the training images).
+    :func:`channel_stats` (e.g. one streamed pass over the training images). Arrays are
+    copied into :class:`StoredImages` and not kept (``extras(arrays)`` sees no
+    ``train_images``/``test_images``): the pipelines hold the images once.
     """
     batch_size = check_positive_int("batch_size", batch_size)
     seed = check_seed(seed)
@@ -296,8 +352,8 @@ def classification_bundle(
     if train_per_class is not None:
         check_positive_int("train_per_class", train_per_class)
 
-    arrays = load_arrays()
-    train_images, test_images = arrays["train_images"], arrays["test_images"]
+    arrays = dict(load_arrays())  # the images popped: only the stores below keep them
+    train_images, test_images = arrays.pop("train_images"), arrays.pop("test_images")
     train_labels = arrays["train_labels"]
     if train_per_class is not None:
         subset = select_per_class(train_labels, train_per_class, seed)
@@ -305,6 +361,7 @@ def classification_bundle(
     true_labels = train_labels
     train_labels, mask = select_labeled(train_labels, fraction, seed)
     mean, std = channel_stats(train_images) if prepare is None else prepare(train_images, test_images)
+    train_images, test_images = _held_once(train_images), _held_once(test_images)
     train = train_dataset(train_images, train_labels, batch_size, seed, mean, std, augment_fn, shuffle_buffer)
     test = eval_dataset(test_images, arrays["test_labels"], batch_size, mean, std)
     return DatasetBundle(

@@ -339,3 +339,62 @@ def test_train_per_class_is_a_seeded_stratified_subset(tmp_path):
     assert subsets[0] == subsets[1] != subsets[2]
     with pytest.raises(ValueError, match="train_per_class=11, but class 0 has only 10 training images"):
         cifar.load("cifar10", data_dir=str(tmp_path), train_per_class=11)
+
+
+# ----------------------------------------------------------------- memory
+
+_IN_MEMORY_PEAK = r'''
+import ctypes, json, os, sys
+import helpers_data
+import dml_tf.data
+
+root, n = sys.argv[1], 10000
+helpers_data.write_cifar_archive(os.path.join(root, "small"), "cifar100", n_train=200, n_test=100, extracted=True)
+helpers_data.write_cifar_archive(os.path.join(root, "big"), "cifar100", n_train=n, n_test=n // 5, extracted=True)
+
+def mib(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1024
+
+def trained(folder):  # loaded, and a pass over the training stream
+    bundle = dml_tf.data.load("cifar100", data_dir=os.path.join(root, folder), batch_size=128)
+    for _ in bundle.train:
+        pass
+    return bundle
+
+trim = ctypes.CDLL("libc.so.6").malloc_trim  # freed heap handed back: RSS is then what is held
+trained("small")  # TensorFlow's kernels and tf.data's threads started
+trim(0)
+before = mib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+bundle = trained("big")
+peak = mib("VmHWM")
+trim(0)
+print(json.dumps({"peak": peak - before, "held": mib("VmRSS") - before,
+                  "decoded": (n + n // 5) * 3072 / 2 ** 20, "train_size": bundle.train_size}))
+'''
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux' /proc/self/clear_refs")
+def test_in_memory_pipelines_hold_the_images_once(tmp_path):
+    """CIFAR's in-memory pipelines hold the decoded images once: after loading 12,000
+    images (10,000 train, 35 MiB in all) and a training pass, a fresh process holds less
+    than 2x their size above a warmed-up one (measured 1.4x: the images and tf.data's
+    fixed cost) and peaked under 4x (3.2x: the pickle while it is read). A tf.constant
+    of the arrays, tf.data's copy of it and the NumPy arrays kept beside them held
+    2.8-3.6x, peaking at 4.7x."""
+    import json
+    import subprocess
+    import sys
+
+    from paths import ROOT
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+    proc = subprocess.run([sys.executable, "-c", _IN_MEMORY_PEAK, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["train_size"] == 10000
+    assert figures["decoded"] == pytest.approx(35.16, abs=0.01)
+    assert figures["held"] < 2.0 * figures["decoded"], figures
+    assert figures["peak"] < 4.0 * figures["decoded"], figures
