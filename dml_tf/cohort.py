@@ -494,6 +494,8 @@ class MutualLearningModel(keras.Model):
             return tf.identity(labels)
 
     def fit(self, *args, **kwargs):
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            self.build_training_state()  # else the first step's trace creates it, and TF traces again
         with _label_errors():
             return super().fit(*args, **kwargs)
 

@@ -25,12 +25,13 @@ from paths import ROOT
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
     """A DML run of a ResNet (option-A shortcuts) and a tiny CNN on 400 real digit images
-    (16x16), trained for 80 steps: the ResNet reaches about 90% test accuracy, so that
-    its predictions have margins and the int8 agreement means something."""
+    (16x16), trained for 40 steps: the ResNet reaches about 94% test accuracy (measured;
+    as with 80 steps), so that its predictions have margins and the int8 agreement means
+    something."""
     root = tmp_path_factory.mktemp("folder_run")
     helpers_images.write_digit_folder(str(root / "images"), per_class=40, size=16, split_folders=True)
     config = cfg.TrainConfig(dataset="folder", data_dir=str(root / "images"), nets=("resnet20", "tiny_cnn"),
-                             epochs=8, batch_size=32, learning_rate=0.05, lr_decay_epochs=(), augment="none",
+                             epochs=4, batch_size=32, learning_rate=0.05, lr_decay_epochs=(), augment="none",
                              warmup_epochs=0.0, model_dir=str(root / "run"), verbose=0)
     results = runner.run(config, log=lambda s: None)
     return root, results
@@ -158,7 +159,7 @@ def test_tflite_members_match_the_run(folder_run, exported, expected_probabiliti
     np.testing.assert_allclose(outputs["float32"], probabilities[1], atol=1e-4)
     # int8: integer tensors only, uint8 pixels in (scale 1, zero point 0: the calibration
     # images span 0-255), and the float member's top class on at least 95% of the test
-    # images (measured: 99 of 100, the ResNet member at 93% accuracy).
+    # images (measured: 100 of 100, the ResNet member at 94% accuracy).
     assert list(outputs["int8_io"]) == ["uint8", "uint8"]
     assert set(outputs["int8_tensor_types"]) <= {"int8", "uint8", "int32"}
     np.testing.assert_allclose(outputs["int8_input_quantization"], [1.0, 0.0], atol=1e-6)
@@ -179,10 +180,16 @@ def test_export_arguments_are_checked(folder_run, tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_predict_prints_top_classes_and_writes_csv_and_json(folder_run, tmp_path):
+@pytest.fixture(scope="module")
+def threes(folder_run):
+    """``(folder, predict.predict of it, top 3)``: the test images of class three."""
+    images = str(folder_run[0] / "images" / "test" / "three")
+    return images, predict.predict(str(folder_run[0] / "run"), [images], top_k=3)
+
+
+def test_predict_prints_top_classes_and_writes_csv_and_json(folder_run, threes, tmp_path):
     root, results = folder_run
-    images = str(root / "images" / "test" / "three")
-    predictions = predict.predict(str(root / "run"), [images], top_k=3)
+    images, predictions = threes
     assert len(predictions) == len(os.listdir(images))
     first = predictions[0]
     assert [e["class"] for e in first["ensemble"]] == [results["dataset"]["class_names"][e["index"]]
@@ -200,10 +207,9 @@ def test_predict_prints_top_classes_and_writes_csv_and_json(folder_run, tmp_path
     assert text.startswith(first["image"]) and "member 1:" in text
 
 
-def test_predict_streams_batches_and_writes_as_it_goes(folder_run, tmp_path, monkeypatch):
+def test_predict_streams_batches_and_writes_as_it_goes(folder_run, threes, tmp_path, monkeypatch):
     root, _ = folder_run
-    images = str(root / "images" / "test" / "three")
-    whole = predict.predict(str(root / "run"), [images], top_k=2)
+    images, whole = threes  # top 3 at once; the stream's top 2 are its first two
     classify, sizes = export.classifier, []
 
     def recording(*args, **kwargs):
@@ -228,8 +234,9 @@ def test_predict_streams_batches_and_writes_as_it_goes(folder_run, tmp_path, mon
     assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 2 * len(whole)
     for streamed, at_once in zip([first] + rest, whole):
         assert streamed["image"] == at_once["image"]
+        assert len(streamed["ensemble"]) == 2
         np.testing.assert_allclose([e["probability"] for e in streamed["ensemble"]],
-                                   [e["probability"] for e in at_once["ensemble"]], atol=1e-6)
+                                   [e["probability"] for e in at_once["ensemble"][:2]], atol=1e-6)
 
 
 def test_predict_command_line_errors(folder_run, tmp_path):
