@@ -31,11 +31,31 @@ def program_name():
     return f"python {argv0}" if argv0.endswith(".py") else os.path.basename(argv0)
 
 
-def fail(message, exitcode=1):
-    """Prints the one-line usage error and exits with ``exitcode``."""
-    prog = program_name()
+def command_line_name(orig_argv=None, argv=None):
+    """This process's program name when it was started as one of dml_tf's command lines
+    (``python -m dml_tf.X`` or ``tools.X``, a ``dml-*`` console script, ``python
+    tools/X.py``), else ``None`` (a library use). Readable while the program is still
+    importing dml_tf, before :func:`program_name` knows it."""
+    orig_argv = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)
+    argv = list(sys.argv if argv is None else argv)
+    if "-m" in orig_argv[1:-1]:
+        module = orig_argv[orig_argv.index("-m", 1) + 1]
+        return f"python -m {module}" if module.split(".")[0] in ("dml_tf", "tools") else None
+    argv0 = argv[0] if argv else ""
+    if os.path.basename(argv0).startswith("dml-"):
+        return os.path.basename(argv0)
+    if argv0.endswith(".py") and os.path.basename(os.path.dirname(os.path.abspath(argv0))) == "tools":
+        return f"python {argv0}"
+    return None
+
+
+def fail(message, exitcode=1, prog=None, flags_hint=True):
+    """Prints the one-line usage error (and, with ``flags_hint``, where the flags are
+    listed) and exits with ``exitcode``."""
+    prog = prog or program_name()
     sys.stdout.flush()
-    sys.stderr.write(f"{prog}: error: {message}\nSee '{prog} --help' for the flags.\n")
+    hint = f"See '{prog} --help' for the flags.\n" if flags_hint else ""
+    sys.stderr.write(f"{prog}: error: {message}\n{hint}")
     sys.stderr.flush()
     sys.exit(exitcode)
 

@@ -17,6 +17,11 @@ class DMLError(Exception):
     """Base class of dml_tf's own errors."""
 
 
+class EnvironmentSettingError(DMLError, ValueError):
+    """An environment variable that dml_tf reads (``DML_TF_BATCH_NORM``) has a value it
+    does not accept."""
+
+
 class DataError(DMLError, ValueError):
     """A dataset on disk is missing, incomplete or malformed."""
 

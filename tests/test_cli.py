@@ -9,7 +9,7 @@ import re
 import pytest
 from absl import logging as absl_logging
 
-from dml_tf import _quiet
+from dml_tf import _quiet, cli
 from dml_tf import nets as dml_nets
 from dml_tf.config import DATASET_DEFAULTS
 from helpers_tools import run_processes
@@ -119,3 +119,31 @@ def test_tool_help(commands):
     proc = commands["tool_help"]
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.startswith("Our numbers next to the paper's") and "--runs_dir:" in proc.stdout
+
+
+def test_a_bad_batch_norm_variable_is_one_line_in_a_command_and_typed_in_the_library():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env.update(PYTHONPATH=ROOT, DML_TF_BATCH_NORM="fast")
+    command, library = run_processes(
+        [["-m", "dml_tf.train", "--help"],
+         ["-c", "try:\n import dml_tf\nexcept ValueError as error:\n"
+                " print(type(error).__module__, type(error).__name__, error)"]], env)
+    message = ("environment variable DML_TF_BATCH_NORM='fast': expected one of fused, split "
+               "(or unset: chosen by the processor).")
+    assert (command.returncode, command.stdout) == (1, "")
+    assert command.stderr == f"python -m dml_tf.train: error: {message}\n"  # no traceback, no notices
+    assert (library.returncode, library.stdout, library.stderr) == (
+        0, f"dml_tf.errors EnvironmentSettingError {message}\n", "")
+
+
+@pytest.mark.parametrize("orig_argv,argv,expected", [
+    (["python", "-m", "dml_tf.train", "--help"], ["-m"], "python -m dml_tf.train"),
+    (["python", "-X", "dev", "-m", "tools.benchmark"], ["-m"], "python -m tools.benchmark"),
+    (["python", "-m", "pytest", "tests"], ["/v/pytest"], None),
+    (["/v/bin/python", "/v/bin/dml-train", "--x"], ["/v/bin/dml-train", "--x"], "dml-train"),
+    (["python", "tools/report.py"], ["tools/report.py"], "python tools/report.py"),
+    (["python", "my_script.py"], ["my_script.py"], None),
+    (["python", "-c", "import dml_tf"], ["-c"], None),
+])
+def test_command_line_name_tells_dml_tf_commands_from_library_use(orig_argv, argv, expected):
+    assert cli.command_line_name(orig_argv, argv) == expected

@@ -21,7 +21,10 @@ and consumer Intel, or ``ONEDNN_MAX_CPU_ISA=AVX2``): there it is about 10x its A
 time and 30% of a ResNet-32 cohort step, where its backward is fine
 (``tools/ISA_SPEED.md``). ``TRAINING_FORWARD`` is chosen at import: the environment
 variable ``DML_TF_BATCH_NORM`` (``fused`` or ``split``) when set, else ``split`` on an
-x86 processor whose oneDNN instruction set is at most AVX2 and ``fused`` elsewhere.
+x86 processor whose oneDNN instruction set is at most AVX2 and ``fused`` elsewhere. Any
+other value of the variable stops ``import dml_tf`` with an
+:class:`~dml_tf.errors.EnvironmentSettingError`, or in dml_tf's command lines with a
+one-line usage error.
 """
 
 import logging
@@ -32,7 +35,7 @@ import tensorflow as tf
 
 from keras import ops
 
-from dml_tf import _cpu
+from dml_tf import _cpu, cli, errors
 
 ENV_VARIABLE = "DML_TF_BATCH_NORM"
 FORWARDS = ("fused", "split")
@@ -45,12 +48,25 @@ def default_forward(cpu_flags, environ):
     chosen = environ.get(ENV_VARIABLE, "").strip().lower()
     if chosen:
         if chosen not in FORWARDS:
-            raise ValueError(f"{ENV_VARIABLE} must be fused or split; got {environ[ENV_VARIABLE]!r}.")
+            raise errors.EnvironmentSettingError(
+                f"environment variable {ENV_VARIABLE}={environ[ENV_VARIABLE]!r}: expected one of "
+                f"{', '.join(FORWARDS)} (or unset: chosen by the processor).")
         return chosen
     return "split" if _cpu.onednn_at_most_avx2(cpu_flags, environ) else "fused"
 
 
-TRAINING_FORWARD = default_forward(_cpu.read_cpuinfo()[1], os.environ)
+def _chosen_forward():
+    """:func:`default_forward` here; a bad variable in a command line: its usage error."""
+    try:
+        return default_forward(_cpu.read_cpuinfo()[1], os.environ)
+    except errors.EnvironmentSettingError as error:
+        prog = cli.command_line_name()
+        if prog is not None:
+            cli.fail(str(error), prog=prog, flags_hint=False)
+        raise
+
+
+TRAINING_FORWARD = _chosen_forward()
 logging.getLogger("dml_tf").debug("batch normalisation: %s training forward", TRAINING_FORWARD)
 
 

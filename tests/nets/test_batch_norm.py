@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dml_tf import nets
+from dml_tf import errors, nets
 from dml_tf.nets import batch_norm
 from dml_tf.nets.batch_norm import BatchNormalization as FusedBatchNormalization
 
@@ -229,5 +229,6 @@ def test_default_forward_is_split_where_onednn_runs_at_most_avx2(cpu_flags, envi
 
 
 def test_default_forward_names_a_bad_variable():
-    with pytest.raises(ValueError, match="DML_TF_BATCH_NORM must be fused or split; got 'cudnn'"):
+    with pytest.raises(errors.EnvironmentSettingError,
+                       match="DML_TF_BATCH_NORM='cudnn': expected one of fused, split"):
         batch_norm.default_forward(AVX2, {"DML_TF_BATCH_NORM": "cudnn"})
