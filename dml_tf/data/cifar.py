@@ -170,23 +170,14 @@ def _get(batch, key):
     return batch.get(key.decode("ascii"))
 
 
-def parse_batch(raw, source, label_key):
-    """One pickled CIFAR batch (bytes or a binary file) -> ``(images uint8 (N, 32, 32, 3)
-    HWC, labels int32 (N,))``.
-
-    ``source`` names the file in error messages.
-    """
-    rows, labels = _batch_rows(raw, source, label_key)
-    return np.ascontiguousarray(_to_nhwc(rows)), labels
-
-
 def _to_nhwc(rows):
     """CIFAR rows (N, 3072), CHW order -> a (N, 32, 32, 3) HWC view of them."""
     return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
 def _batch_rows(raw, source, label_key):
-    """One pickled CIFAR batch -> ``(b"data" uint8 (N, 3072), labels int32 (N,))``, checked."""
+    """One pickled CIFAR batch (bytes or a binary file) -> ``(b"data" uint8 (N, 3072),
+    labels int32 (N,))``, checked; :func:`_to_nhwc` views the rows as images."""
     batch = _unpickle(raw, source)
     if not isinstance(batch, dict):
         raise DataError(f"{source}: expected a pickled dict with b'data' and {label_key!r}, got {type(batch).__name__}.")
