@@ -7,7 +7,7 @@
   logs/          TensorBoard: a run folder per member (member_K/train, /validation)
                  with the same tags (epoch_loss, epoch_ce, epoch_mimicry, epoch_accuracy,
                  epoch_learning_rate), so members overlay; ensemble/validation.
-  member_K.keras each member as a plain Keras model.
+  member_K.keras each member as a Keras model (loads after `import dml_tf`).
   test_predictions.npz  the class each member and the ensemble predict for every
                  test image, and the labels (dml_tf.compare's paired test).
   results.json   written last and atomically: config, per-epoch history (and the

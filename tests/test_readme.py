@@ -38,8 +38,14 @@ def test_python_api_example_runs_as_written(tmp_path):
                                                 for k in range(2)}
     assert set(evaluated) == expected
     assert all(0 <= evaluated[key] <= 1 for key in expected if "accuracy" in key)
-    member = keras.models.load_model(tmp_path / "cnn.keras")  # a plain Keras model
-    assert member.output_shape == (None, 10)
+    # As the README says: it loads with keras.models.load_model after a bare import dml_tf, in
+    # a fresh interpreter (this process may or may not have imported dml_tf through other tests).
+    load = ("import dml_tf, keras; m = keras.models.load_model('cnn.keras'); "
+            "print(m.output_shape, type(m.get_layer('conv1_bn')).__module__)")
+    proc = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["(None,", "10)", "dml_tf.nets.batch_norm"]
 
 
 def test_quick_start_and_test_commands():
