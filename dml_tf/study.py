@@ -269,14 +269,33 @@ def run_study(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=
     return report
 
 
+def _seeds_trained_after(base, arms, seeds, study_dir, max_seeds):
+    """``seeds`` and the seeds :func:`run_study` added after them (the next integers, up to
+    ``max_seeds`` in all) that have a finished or diverged run in ``study_dir``."""
+    from dml_tf import run_dir
+
+    seeds = list(seeds)
+    while max_seeds is not None and len(seeds) < max_seeds:
+        nxt = plan(base, arms, [max(seeds) + 1], study_dir)
+        if not any(run_dir.is_finished(r.config.model_dir)
+                   or run_dir.read_diverged(r.config.model_dir) is not None
+                   for r in nxt):
+            break
+        seeds.append(max(seeds) + 1)
+    return seeds
+
+
 def report_only(base, arms, seeds, study_dir, baseline=None, export_dir=None, log=print,
-                focus_member=None, target_halfwidth=None):
+                focus_member=None, target_halfwidth=None, max_seeds=None):
     """Writes the report of the study's finished runs without training anything (e.g. from a
-    published ``results/`` folder, whose ``ARM/seed_S/results.json`` are the runs); returns it."""
+    published ``results/`` folder, whose ``ARM/seed_S/results.json`` are the runs); returns it.
+    With ``target_halfwidth`` and ``max_seeds`` (a study that added seeds) it also reports
+    the seeds after ``seeds`` that have runs, as :func:`run_study` reported them."""
     from dml_tf import run_dir, study_report
 
+    check_stopping(seeds, target_halfwidth, max_seeds)
     baseline, target = _baseline_and_target(arms, baseline, target_halfwidth)
-    runs = plan(base, arms, list(seeds), study_dir)
+    runs = plan(base, arms, _seeds_trained_after(base, arms, seeds, study_dir, max_seeds), study_dir)
     if not any(run_dir.is_finished(r.config.model_dir) for r in runs):
         raise cfg.ConfigError(f"--report_only: {study_dir} holds no finished run of this study "
                               "(ARM/seed_S/results.json).")
@@ -337,7 +356,8 @@ def main(argv):
         base = cfg.TrainConfig(**{name: FLAGS[name].value for name in cfg.FIELDS if name not in STUDY_SET})
         if FLAGS.report_only:
             report_only(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
-                        focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth)
+                        focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth,
+                        max_seeds=FLAGS.max_seeds)
         else:
             run_study(base, arms, seeds, FLAGS.study_dir, FLAGS.baseline, FLAGS.export_dir,
                       focus_member=FLAGS.focus_member, target_halfwidth=FLAGS.target_halfwidth,

@@ -439,6 +439,32 @@ def test_target_halfwidth_adds_seeds_until_every_interval_is_narrow(tmp_path, mo
             study.run_study(base, arms, [0, 1, 2], str(tmp_path), **kwargs)
 
 
+def test_report_only_of_a_study_that_added_seeds_reports_them_all(tmp_path, monkeypatch):
+    """The study's flagfile lists the first seeds; --report_only with its --target_halfwidth
+    and --max_seeds reports the seeds the study added too, as the study itself did (it
+    reported 3 of 10 seeds before)."""
+    def fake_train(run, log):  # dml - independent: 9, 11, 9, 11, ... points (as above)
+        acc = 0.5 + (0.10 + (0.01 if run.seed % 2 else -0.01)) * (run.arm == "dml")
+        _write_run(run, [acc, acc], acc, parameters=(1, 1))
+
+    monkeypatch.setattr(study, "train_run", fake_train)
+    base = cfg.TrainConfig(dataset="cifar10", nets=("resnet32", "resnet32"))
+    arms = [study.parse_arm("independent"), study.parse_arm("dml")]
+    quiet = dict(log=lambda line: None)
+    trained = study.run_study(base, arms, [0, 1, 2], str(tmp_path), target_halfwidth=1.0, max_seeds=10, **quiet)
+    assert trained["arms"]["dml"]["seeds"] == list(range(7))
+    monkeypatch.setattr(study, "train_run", lambda run, log: pytest.fail(f"trained {run.config.model_dir}"))
+    rebuilt = study.report_only(base, arms, [0, 1, 2], str(tmp_path), export_dir=str(tmp_path / "out"),
+                                target_halfwidth=1.0, max_seeds=10, **quiet)
+    assert json.loads(json.dumps(rebuilt)) == json.loads(json.dumps(trained))
+    assert (tmp_path / "out" / "dml" / "seed_6" / "results.json").is_file()
+    assert study.report_only(base, arms, [0, 1, 2], str(tmp_path), target_halfwidth=1.0, max_seeds=5,
+                             **quiet)["arms"]["dml"]["seeds"] == [0, 1, 2, 3, 4]
+    assert study.report_only(base, arms, [0, 1, 2], str(tmp_path), **quiet)["arms"]["dml"]["seeds"] == [0, 1, 2]
+    with pytest.raises(cfg.ConfigError, match="go together"):
+        study.report_only(base, arms, [0, 1, 2], str(tmp_path), max_seeds=10, **quiet)
+
+
 def test_train_line_names_mixed_nets_as_they_are(tmp_path, monkeypatch):
     from dml_tf import runner
 
