@@ -16,9 +16,9 @@ The training forward is ``"fused"`` (the one op) or ``"split"``: the batch momen
 the affine normalisation as separate ops, with the fused op's gradient
 (``FusedBatchNormGradV3``, given the batch mean and biased variance as the fused
 forward saves them). oneDNN's fused forward for channels-last data is fast with
-AVX-512 but slow where oneDNN runs at most AVX2 (AMD processors before Zen 4, older
-and consumer Intel, or ``ONEDNN_MAX_CPU_ISA=AVX2``): there it is about 10x its AVX-512
-time and 30% of a ResNet-32 cohort step, where its backward is fine
+AVX-512 but was slow on an Intel Xeon capped at AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``):
+about 10x its AVX-512 time and 30% of a ResNet-32 cohort step, where its backward is
+fine; on an AMD Zen 4 capped at AVX2 the two forwards were level
 (``tools/ISA_SPEED.md``). ``TRAINING_FORWARD`` is chosen at import: the environment
 variable ``DML_TF_BATCH_NORM`` (``fused`` or ``split``) when set, else ``split`` on an
 x86 processor whose oneDNN instruction set is at most AVX2 and ``fused`` elsewhere. Any
