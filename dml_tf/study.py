@@ -143,8 +143,9 @@ def plan(base, arms, seeds, study_dir):
 
 
 def export_evidence(runs, study_dir, export_dir):
-    """Copies the report files and each finished run's results.json (no weights) into
-    ``export_dir``, keeping the ``ARM/seed_S/`` layout."""
+    """Copies the report files and each finished run's results.json (a diverged run's
+    diverged.json; no weights) into ``export_dir``, keeping the ``ARM/seed_S/`` layout, so
+    that ``--report_only`` on it rebuilds the same report."""
     from dml_tf import run_dir
     from dml_tf.io_utils import atomic_write_bytes
 
@@ -154,9 +155,14 @@ def export_evidence(runs, study_dir, export_dir):
 
     for run in runs:
         if run_dir.is_finished(run.config.model_dir):
-            target = os.path.join(export_dir, os.path.relpath(run.config.model_dir, study_dir))
-            os.makedirs(target, exist_ok=True)
-            copy(run_dir.results_path(run.config.model_dir), os.path.join(target, run_dir.RESULTS_FILE))
+            name = run_dir.RESULTS_FILE
+        elif run_dir.read_diverged(run.config.model_dir) is not None:
+            name = run_dir.DIVERGED_FILE
+        else:
+            continue
+        target = os.path.join(export_dir, os.path.relpath(run.config.model_dir, study_dir))
+        os.makedirs(target, exist_ok=True)
+        copy(os.path.join(run.config.model_dir, name), os.path.join(target, name))
     for name in ("study.json", "study.md", "study.png"):
         if os.path.isfile(os.path.join(study_dir, name)):
             copy(os.path.join(study_dir, name), os.path.join(export_dir, name))

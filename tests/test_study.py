@@ -405,6 +405,13 @@ def test_a_diverged_run_is_counted_and_named(compact_runs):
     assert lines.splitlines()[0] == "Study: 8/9 runs finished, 1 diverged."
     assert "dml, seed 1: diverged (Training diverged in epoch 3: loss = nan)" in lines
     assert "| dml | 1 | diverged |" in study_report.markdown(report)
+    # The published evidence keeps the outcome: a report rebuilt from it counts it too.
+    export = Path(compact_runs[0].config.model_dir).parents[1] / "out"
+    study.export_evidence(compact_runs, str(export.parent), str(export))
+    assert (export / "dml" / "seed_1" / run_dir.DIVERGED_FILE).is_file()
+    assert not (export / "dml" / "seed_1" / run_dir.RESULTS_FILE).exists()
+    rebuilt = study_report.build(_compact_study(export), "independent")
+    assert rebuilt["finished_runs"] == 8 and rebuilt["diverged"] == report["diverged"]
 
 
 def test_target_halfwidth_adds_seeds_until_every_interval_is_narrow(tmp_path, monkeypatch):
